@@ -7,7 +7,9 @@
 // the negotiated limits, rejects arithmetic that would wrap u64, and returns
 // an absl::Status carrying the errno to put in the error reply
 // (core/errno_status.h): EINVAL for malformed input, E2BIG when a count
-// exceeds max_data_xfer_size, ERANGE/EOVERFLOW for wrapping ranges.
+// exceeds max_data_xfer_size (or an array count exceeds max_array_entries, or
+// a reply carries more than was requested), ERANGE for ranges that wrap u64
+// (or u32 for SET_IRQS start + count).
 //
 // Decoded variable-length data (`data` spans) points INTO the payload that
 // was decoded: the caller keeps that payload alive while using it. This keeps
@@ -165,10 +167,12 @@ struct RegionIoFdsReply {
 inline constexpr uint32_t kIoFdEntrySizeSpec = 40;
 inline constexpr uint32_t kIoFdEntrySizeLvu = 48;
 // Entries are written with `entry_size` (40 spec / 48 lvu); only as many as
-// fit in reply_argsz are included (none if not all fit).
+// fit in reply_argsz are included (none if not all fit). argsz and count are
+// computed from `entries` (r.argsz and r.count are ignored).
 Bytes EncodeRegionIoFdsReply(const RegionIoFdsReply& r, uint32_t reply_argsz,
                              uint32_t entry_size = kIoFdEntrySizeSpec);
-// Stride = (argsz - 16) / count; accepts 40 and 48.
+// Stride = (argsz - 16) / count; accepts 40 and 48. A 16-byte payload is the
+// truncated form (count and argsz filled in, entries empty).
 absl::StatusOr<RegionIoFdsReply> DecodeRegionIoFdsReply(
     ByteSpan payload, const DecodeLimits& limits = {});
 
@@ -318,6 +322,9 @@ struct DmaLoggingReport {
 Bytes EncodeDmaLoggingReportRequest(const DmaLoggingReport& r);
 Bytes EncodeDmaLoggingReportReply(const DmaLoggingReport& r);
 absl::StatusOr<DmaLoggingReport> DecodeDmaLoggingReportRequest(ByteSpan data);
+// Number of u64 bitmap words for a report of `length` bytes at `page_size`:
+// ceil(ceil(length / page_size) / 64). Returns 0 for page_size 0.
+uint64_t DmaLoggingBitmapWords(uint64_t length, uint64_t page_size);
 // The bitmap must hold ceil(length / page_size) bits, rounded up to u64 words.
 absl::StatusOr<DmaLoggingReport> DecodeDmaLoggingReportReply(
     ByteSpan data, const DecodeLimits& limits);

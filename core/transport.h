@@ -24,12 +24,15 @@
 #ifndef VFIO_USER_CORE_TRANSPORT_H_
 #define VFIO_USER_CORE_TRANSPORT_H_
 
+#include <sys/uio.h>
+
 #include <cstdint>
-#include <deque>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -89,6 +92,10 @@ class Connection {
   // Blocking mode: waits (up to receive_timeout) for one whole message.
   // Non-blocking mode: returns std::nullopt if no whole message is buffered
   // yet and the socket has no more bytes (EAGAIN).
+  // Errors: IsPeerClosed() for EOF between messages; EPIPE for EOF inside a
+  // message; the DecodeHeader error for a framing error. These are final:
+  // every later Receive() returns the same status (Send still works, for the
+  // best-effort error reply). A timeout (ETIMEDOUT) is not final.
   absl::StatusOr<std::optional<Message>> Receive();
 
   // Non-blocking output queue.
@@ -108,19 +115,80 @@ class Connection {
   void Shutdown();
 
  private:
-  // Implementation details are private to transport.cc.
-  struct PendingSend;
+  // File descriptors tied to one byte of the stream: received with it, or
+  // to be sent with it (they must ride the sendmsg that starts there).
+  struct FdBatch {
+    uint64_t offset = 0;  // stream offset of the byte
+    std::vector<UniqueFd> fds;
+    bool truncated = false;  // receive: the kernel dropped some (MSG_CTRUNC)
+  };
+  // The unsent rest of one message: up to three byte ranges.
+  class OutputCursor;
+
+  // ---- Receiving (receiving thread only) ----
+  // Splits one whole message off the buffered input, if there is one.
+  // Fails (framing error) when the next header is invalid.
+  absl::StatusOr<std::optional<Message>> TakeBufferedMessage();
+  // Where the next recvmsg writes, and the stream offset of that spot.
+  absl::Span<uint8_t> NextReadWindow(uint64_t* stream_offset);
+  // One recvmsg into `window` (EINTR retried); fds that came with it are
+  // queued at `stream_offset`. Returns the syscall result (errno on -1).
+  ssize_t ReceiveInto(absl::Span<uint8_t> window, uint64_t stream_offset);
+  // Moves the fds received for stream bytes [begin, end) into `msg`.
+  void AttachReceivedFds(uint64_t end, Message* msg);
+  // Drops `n` consumed bytes from the front of the read-ahead buffer.
+  void ConsumeInput(size_t n);
+  // True if bytes of an incomplete message are buffered.
+  bool HasPartialInput() const;
+
+  // ---- Sending (sending thread only) ----
+  absl::Status SendNow(OutputCursor& out, absl::Span<const int> fds);
+  // One sendmsg (EINTR retried) of `iov`, with `fds` as SCM_RIGHTS.
+  ssize_t SendOnce(const struct iovec* iov, size_t iov_count,
+                   absl::Span<const int> fds);
+  // Copies what `out` has left (and dups `fds`) onto the output queue.
+  absl::Status Enqueue(const OutputCursor& out, absl::Span<const int> fds);
+  void CompactOutput();
+  // Records `status` as the permanent send error when `broken` (part of a
+  // message went out, so the stream cannot carry another one).
+  absl::Status FailSend(absl::Status status, bool broken);
+
+  // Waits with Os::Poll until the socket reports `events` or `deadline`
+  // passes (ETIMEDOUT). `what` names the operation for the error.
+  absl::Status WaitForSocket(short events, absl::Time deadline,
+                             const char* what);
+
   UniqueFd socket_;
   TransportOptions options_;
   Os* os_;
+
+  // Receive state. Small messages are assembled in a reusable read-ahead
+  // buffer (one recvmsg usually brings several); a message larger than the
+  // buffer is received straight into its own payload (no second copy).
   std::vector<uint8_t> in_buf_;
   size_t in_start_ = 0;  // first unconsumed byte in in_buf_
   size_t in_end_ = 0;    // one past the last received byte
-  std::vector<UniqueFd> in_fds_;  // fds received for the message at in_start_
-  bool in_fds_truncated_ = false;
-  std::deque<PendingSend>* out_queue_ = nullptr;
+  uint64_t in_buf_offset_ = 0;    // stream offset of in_buf_[0]
+  std::vector<FdBatch> in_fds_;   // received fds not yet handed out
+  std::optional<Message> in_large_;  // large message being received
+  size_t in_large_filled_ = 0;       // payload bytes of in_large_ received
+  uint64_t in_large_offset_ = 0;     // stream offset of its header
+  std::vector<uint64_t> in_control_;  // recvmsg control buffer (aligned)
+  absl::Status receive_error_;        // sticky: framing error, EOF, reset
   std::optional<Header> last_bad_header_;
+
+  // Send state: the non-blocking output queue and a sticky error.
+  std::vector<uint8_t> out_buf_;
+  size_t out_start_ = 0;          // first unsent byte in out_buf_
+  uint64_t out_buf_offset_ = 0;   // stream offset of out_buf_[0]
+  std::vector<FdBatch> out_fds_;  // dup'ed fds to send at queued offsets
+  absl::Status send_error_;
 };
+
+// True if `status` is the clean close Receive() reports when the peer closed
+// (or reset) the connection between two messages. False for OK, for EOF in
+// the middle of a message and for every other error.
+bool IsPeerClosed(const absl::Status& status);
 
 // socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC) as two owned fds.
 absl::StatusOr<std::pair<UniqueFd, UniqueFd>> MakeSocketPair();

@@ -1,0 +1,34 @@
+#include "core/os.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace vfio_user {
+namespace {
+
+// The real syscalls. Stateless, hence thread-safe.
+class RealOs final : public Os {
+ public:
+  ssize_t SendMsg(int fd, const struct msghdr* msg, int flags) override {
+    // A vanished peer must surface as EPIPE, never as a process-killing
+    // SIGPIPE.
+    return ::sendmsg(fd, msg, flags | MSG_NOSIGNAL);
+  }
+  ssize_t RecvMsg(int fd, struct msghdr* msg, int flags) override {
+    return ::recvmsg(fd, msg, flags);
+  }
+  int Poll(struct pollfd* fds, nfds_t nfds, int timeout_ms) override {
+    return ::poll(fds, nfds, timeout_ms);
+  }
+  int Close(int fd) override { return ::close(fd); }
+};
+
+}  // namespace
+
+Os* Os::Default() {
+  static Os* const os = new RealOs();  // never destroyed
+  return os;
+}
+
+}  // namespace vfio_user

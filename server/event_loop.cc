@@ -1,0 +1,218 @@
+#include "server/event_loop.h"
+
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <utility>
+
+#include "absl/synchronization/notification.h"
+#include "core/errno_status.h"
+
+namespace vfio_user {
+
+absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create() {
+  UniqueFd epoll_fd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_fd) return ErrnoError(errno, "epoll_create1 failed");
+  UniqueFd wake_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd) return ErrnoError(errno, "eventfd failed");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = wake_fd.get();
+  if (::epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, wake_fd.get(), &ev) != 0) {
+    return ErrnoError(errno, "epoll_ctl(wake fd) failed");
+  }
+  return std::unique_ptr<EventLoop>(
+      new EventLoop(std::move(epoll_fd), std::move(wake_fd)));
+}
+
+EventLoop::EventLoop(UniqueFd epoll_fd, UniqueFd wake_fd)
+    : epoll_fd_(std::move(epoll_fd)), wake_fd_(std::move(wake_fd)) {}
+
+EventLoop::~EventLoop() {
+  Stop();
+  Join();
+}
+
+bool EventLoop::IsLoopThread() const {
+  return loop_thread_id_.load() == std::this_thread::get_id();
+}
+
+void EventLoop::Wake() {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = ::write(wake_fd_.get(), &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+}
+
+void EventLoop::Stop() {
+  stop_ = true;
+  Wake();
+}
+
+void EventLoop::StartThread(std::string name) {
+  stop_ = false;
+  thread_ = std::thread([this, name] {
+    pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+    Run();
+  });
+}
+
+void EventLoop::Join() {
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) {
+    thread_.join();
+  }
+}
+
+void EventLoop::Post(std::function<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    posted_.push_back(std::move(fn));
+  }
+  Wake();
+}
+
+void EventLoop::RunSync(std::function<void()> fn) {
+  if (IsLoopThread()) {
+    fn();
+    return;
+  }
+  absl::Notification done;
+  Post([&] {
+    fn();
+    done.Notify();
+  });
+  done.WaitForNotification();
+}
+
+void EventLoop::DrainPosted() {
+  std::vector<std::function<void()>> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch.swap(posted_);
+  }
+  for (auto& fn : batch) fn();
+}
+
+EventLoop::TimerId EventLoop::RunAfter(absl::Duration delay,
+                                       std::function<void()> fn) {
+  TimerId id;
+  {
+    absl::MutexLock lock(&mu_);
+    id = next_timer_id_++;
+    timers_[id] = Timer{absl::Now() + delay, std::move(fn)};
+  }
+  Wake();
+  return id;
+}
+
+void EventLoop::CancelTimer(TimerId id) {
+  absl::MutexLock lock(&mu_);
+  timers_.erase(id);
+}
+
+int EventLoop::NextTimeoutMs() {
+  absl::MutexLock lock(&mu_);
+  if (!posted_.empty()) return 0;
+  if (timers_.empty()) return -1;
+  absl::Time earliest = absl::InfiniteFuture();
+  for (const auto& [id, t] : timers_) earliest = std::min(earliest, t.due);
+  absl::Duration left = earliest - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1)));
+  return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
+}
+
+void EventLoop::RunDueTimers() {
+  std::vector<std::function<void()>> due;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    for (auto it = timers_.begin(); it != timers_.end();) {
+      if (it->second.due <= now) {
+        due.push_back(std::move(it->second.fn));
+        timers_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& fn : due) fn();
+}
+
+void EventLoop::Run() {
+  loop_thread_id_ = std::this_thread::get_id();
+  constexpr int kMaxEvents = 64;
+  epoll_event events[kMaxEvents];
+  while (!stop_.load()) {
+    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, NextTimeoutMs());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;  // epoll fd broken: nothing sensible left to do
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == wake_fd_.get()) {
+        uint64_t count;
+        while (::read(wake_fd_.get(), &count, sizeof(count)) > 0) {
+        }
+        continue;
+      }
+      auto it = watches_.find(fd);
+      if (it == watches_.end()) continue;  // unwatched by an earlier callback
+      // Hold the callback alive even if it unwatches itself.
+      std::shared_ptr<FdCallback> cb = it->second.callback;
+      (*cb)(events[i].events);
+    }
+    RunDueTimers();
+    DrainPosted();
+  }
+  DrainPosted();
+  loop_thread_id_ = std::thread::id();
+}
+
+absl::Status EventLoop::WatchFd(int fd, uint32_t events, FdCallback callback) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  auto it = watches_.find(fd);
+  const int op = it == watches_.end() ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  if (::epoll_ctl(epoll_fd_.get(), op, fd, &ev) != 0) {
+    return ErrnoError(errno, "epoll_ctl(watch) failed");
+  }
+  watches_[fd] = Watch_{events, std::make_shared<FdCallback>(std::move(callback))};
+  return absl::OkStatus();
+}
+
+absl::Status EventLoop::ModifyFd(int fd, uint32_t events) {
+  auto it = watches_.find(fd);
+  if (it == watches_.end()) return ErrnoError(ENOENT, "fd not watched");
+  if (it->second.events == events) return absl::OkStatus();
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) {
+    return ErrnoError(errno, "epoll_ctl(modify) failed");
+  }
+  it->second.events = events;
+  return absl::OkStatus();
+}
+
+void EventLoop::UnwatchFd(int fd) {
+  if (watches_.erase(fd) > 0) {
+    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  }
+}
+
+absl::Status EventLoop::Watch(int fd, std::function<void()> on_readable) {
+  return WatchFd(fd, EPOLLIN,
+                 [cb = std::move(on_readable)](uint32_t) { cb(); });
+}
+
+void EventLoop::Unwatch(int fd) { UnwatchFd(fd); }
+
+}  // namespace vfio_user

@@ -1,0 +1,583 @@
+#include "server/session.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/errno_status.h"
+#include "core/log.h"
+
+namespace vfio_user {
+
+// One server->client DMA transfer, split into chunks of at most the client's
+// max_data_xfer_size, one chunk in flight at a time.
+struct Session::PendingDma {
+  bool write = false;
+  uint64_t iova = 0;
+  uint8_t* out = nullptr;       // DMA_READ destination
+  const uint8_t* in = nullptr;  // DMA_WRITE source
+  size_t len = 0;
+  size_t done_bytes = 0;
+  size_t chunk = 0;  // size of the chunk in flight
+  DmaDone done;
+  EventLoop::TimerId timer = 0;
+};
+
+namespace {
+
+PeerCredentials ReadPeerCredentials(int fd) {
+  PeerCredentials creds;
+  struct ucred uc {};
+  socklen_t len = sizeof(uc);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) == 0) {
+    creds.pid = uc.pid;
+    creds.uid = uc.uid;
+    creds.gid = uc.gid;
+  }
+  return creds;
+}
+
+// Fails a command that must not carry fds if it did (closing them).
+absl::Status RejectFds(Message& msg) {
+  if (!msg.fds.empty() || msg.fds_truncated) {
+    msg.fds.clear();
+    return ErrnoError(EINVAL, absl::StrCat(CommandName(msg.header.cmd),
+                                           " must not carry file descriptors"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Session::Session(Device* device, EventLoop* loop, UniqueFd socket,
+                 SessionOptions options, CloseCallback on_close)
+    : device_(device),
+      loop_(loop),
+      options_(options),
+      on_close_(std::move(on_close)) {
+  peer_ = ReadPeerCredentials(socket.get());
+  TransportOptions topts;
+  topts.nonblocking = true;
+  topts.max_fds_in = options_.max_msg_fds;
+  topts.max_fds_out = 1;  // until VERSION tells us the client's limit
+  // Largest legal message: a max-size REGION_WRITE (16 + 16 + data).
+  topts.max_msg_size =
+      static_cast<uint32_t>(std::min<uint64_t>(options_.max_data_xfer_size + 64, 1u << 30));
+  conn_ = std::make_unique<Connection>(std::move(socket), topts);
+}
+
+Session::~Session() {
+  if (!closed_) Close(absl::CancelledError("session destroyed"));
+}
+
+absl::Status Session::Start() {
+  Connection* conn = conn_.get();
+  return loop_->WatchFd(conn->fd(), EPOLLIN | EPOLLRDHUP,
+                        [this, conn](uint32_t ev) { OnSocketEvent(conn, ev); });
+}
+
+DecodeLimits Session::limits() const {
+  DecodeLimits l;
+  l.max_data_xfer_size = options_.max_data_xfer_size;
+  return l;
+}
+
+Connection* Session::dma_connection() {
+  return twin_ ? twin_.get() : conn_.get();
+}
+
+void Session::Close(const absl::Status& why) {
+  if (closed_) return;
+  closed_ = true;
+  loop_->UnwatchFd(conn_->fd());
+  if (twin_) loop_->UnwatchFd(twin_->fd());
+  conn_->Shutdown();
+  if (twin_) twin_->Shutdown();
+  FailPendingDma(ErrnoError(ECONNRESET, "client disconnected"));
+  if (mig_state_ != MigrationState::kRunning && device_->migration().set_running) {
+    device_->migration().set_running(true);
+  }
+  Log(IsPeerClosed(why) ? LogLevel::kInfo : LogLevel::kWarn, "session",
+      "client disconnected",
+      {{"device", device_->name()},
+       {"pid", absl::StrCat(peer_.pid)},
+       {"reason", why.ToString()}});
+  if (on_close_) on_close_(this, why);
+}
+
+void Session::OnSocketEvent(Connection* conn, uint32_t events) {
+  if (closed_) return;
+  if (events & EPOLLOUT) {
+    absl::Status st = conn->FlushPending();
+    if (!st.ok()) {
+      Close(st);
+      return;
+    }
+    UpdateInterest(conn);
+  }
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
+    if (!conn->HasPendingOutput()) ReadMessages(conn);
+  }
+}
+
+void Session::UpdateInterest(Connection* conn) {
+  // While replies are queued, stop reading commands (backpressure).
+  const uint32_t events = conn->HasPendingOutput() ? EPOLLOUT : (EPOLLIN | EPOLLRDHUP);
+  absl::Status st = loop_->ModifyFd(conn->fd(), events);
+  if (!st.ok()) Close(st);
+}
+
+void Session::ReadMessages(Connection* conn) {
+  for (int i = 0; i < options_.max_messages_per_wakeup && !closed_; ++i) {
+    absl::StatusOr<std::optional<Message>> got = conn->Receive();
+    if (!got.ok()) {
+      if (auto bad = conn->last_bad_header(); bad && bad->is_command() &&
+                                              !bad->no_reply()) {
+        // Best effort: tell the client why before closing.
+        (void)conn->Send(MakeErrorReply(*bad, ErrnoOf(got.status())));
+      }
+      device_->mutable_counters().errors++;
+      Close(got.status());
+      return;
+    }
+    if (!got->has_value()) return;  // EAGAIN: wait for more bytes
+    HandleMessage(conn, std::move(**got));
+    if (closed_) return;
+    if (conn->HasPendingOutput()) {
+      UpdateInterest(conn);
+      return;
+    }
+  }
+  // Budget exhausted with data possibly still buffered: come back later
+  // without waiting for a new edge (level-triggered epoll covers the socket;
+  // bytes already in our buffer need an explicit re-run).
+  if (!closed_ && conn->HasBufferedInput()) {
+    loop_->Post([this, conn] {
+      if (!closed_) ReadMessages(conn);
+    });
+  }
+}
+
+void Session::HandleMessage(Connection* conn, Message msg) {
+  device_->mutable_counters().messages++;
+  if (msg.header.is_reply()) {
+    HandleReply(std::move(msg));
+    return;
+  }
+  if (conn != conn_.get()) {
+    // The twin socket carries only our requests and the client's replies.
+    Close(ErrnoError(EPROTO, "command received on the twin socket"));
+    return;
+  }
+  HandleCommand(std::move(msg));
+}
+
+void Session::SendOrClose(Connection* conn, const Message& msg) {
+  absl::Status st = conn->Send(msg);
+  if (!st.ok()) Close(st);
+}
+
+void Session::HandleCommand(Message msg) {
+  const Header request = msg.header;
+  if (!negotiated_ && msg.command() != Command::kVersion) {
+    if (!request.no_reply()) {
+      (void)conn_->Send(MakeErrorReply(request, EINVAL));
+    }
+    Close(ErrnoError(EPROTO, absl::StrCat(CommandName(request.cmd),
+                                          " before VERSION")));
+    return;
+  }
+  if (msg.command() == Command::kRegionRead) {
+    absl::Status st = HandleRegionRead(msg);
+    if (!st.ok()) {
+      device_->mutable_counters().errors++;
+      Log(LogLevel::kDebug, "session", "REGION_READ failed",
+          {{"device", device_->name()}, {"error", st.ToString()}});
+      if (!request.no_reply()) SendOrClose(conn_.get(), MakeErrorReply(request, ErrnoOf(st)));
+    }
+    return;
+  }
+  absl::StatusOr<Reply> reply = Dispatch(msg);
+  msg.fds.clear();  // anything not consumed by the handler is closed here
+  if (!reply.ok()) {
+    device_->mutable_counters().errors++;
+    Log(LogLevel::kWarn, "session", "command failed",
+        {{"device", device_->name()},
+         {"cmd", CommandName(request.cmd)},
+         {"error", reply.status().ToString()}});
+    if (!request.no_reply()) {
+      SendOrClose(conn_.get(), MakeErrorReply(request, ErrnoOf(reply.status())));
+    }
+    if (request.cmd == static_cast<uint16_t>(Command::kVersion)) {
+      Close(reply.status());  // a failed handshake ends the connection
+    }
+    return;
+  }
+  if (request.no_reply()) return;
+  Message out = MakeReply(request, std::move(reply->payload));
+  if (reply->owned_fd) {
+    out.fds.push_back(std::move(reply->owned_fd));
+  }
+  if (reply->fd >= 0) {
+    // Borrowed fd: Connection sends fds by value; hand it a dup so the
+    // region's own fd stays ours.
+    int dup = ::fcntl(reply->fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) {
+      SendOrClose(conn_.get(), MakeErrorReply(request, errno));
+      return;
+    }
+    out.fds.emplace_back(dup);
+  }
+  SendOrClose(conn_.get(), out);
+}
+
+absl::StatusOr<Session::Reply> Session::Dispatch(Message& msg) {
+  const ByteSpan payload(msg.payload);
+  switch (msg.command()) {
+    case Command::kVersion:
+      return HandleVersion(msg);
+    case Command::kDmaMap:
+      return HandleDmaMap(msg);
+    case Command::kDmaUnmap:
+      return HandleDmaUnmap(msg);
+    case Command::kDeviceGetInfo: {
+      if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+      auto req = DecodeDeviceInfoRequest(payload);
+      if (!req.ok()) return req.status();
+      return Reply{EncodeDeviceInfo(device_->GetInfo())};
+    }
+    case Command::kDeviceGetRegionInfo:
+      return HandleRegionInfo(msg);
+    case Command::kDeviceGetRegionIoFds:
+      return HandleRegionIoFds(msg);
+    case Command::kDeviceGetIrqInfo: {
+      if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+      auto req = DecodeIrqInfoRequest(payload);
+      if (!req.ok()) return req.status();
+      auto info = device_->irqs().Info(req->index);
+      if (!info.ok()) return info.status();
+      return Reply{EncodeIrqInfo(*info)};
+    }
+    case Command::kDeviceSetIrqs:
+      return HandleSetIrqs(msg);
+    case Command::kRegionWrite:
+      return HandleRegionWrite(msg);
+    case Command::kDeviceReset: {
+      if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+      if (absl::Status st = DecodeEmptyPayload(payload); !st.ok()) return st;
+      device_->Reset(ResetReason::kClientRequest);
+      if (mig_state_ != MigrationState::kRunning) {
+        mig_state_ = MigrationState::kRunning;  // reset leaves ERROR etc.
+        mig_buffer_.clear();
+        mig_offset_ = 0;
+      }
+      return Reply{};
+    }
+    case Command::kRegionWriteMulti:
+      return HandleWriteMulti(msg);
+    case Command::kDeviceFeature:
+      return HandleDeviceFeature(msg);
+    case Command::kMigDataRead:
+      return HandleMigDataRead(msg);
+    case Command::kMigDataWrite:
+      return HandleMigDataWrite(msg);
+    case Command::kDmaRead:
+    case Command::kDmaWrite:
+      return ErrnoError(EINVAL, "DMA_READ/DMA_WRITE are server-to-client requests");
+    case Command::kRegionRead:
+      break;  // handled before Dispatch
+  }
+  return ErrnoError(ENOSYS, absl::StrCat("unknown command ", msg.header.cmd));
+}
+
+absl::StatusOr<Session::Reply> Session::HandleVersion(Message& msg) {
+  if (negotiated_) return ErrnoError(EINVAL, "VERSION sent twice");
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto request = DecodeVersion(ByteSpan(msg.payload));
+  if (!request.ok()) return request.status();
+  ServerVersionPolicy policy;
+  policy.own.max_msg_fds = options_.max_msg_fds;
+  policy.own.has_max_msg_fds = true;
+  policy.own.max_data_xfer_size = options_.max_data_xfer_size;
+  policy.own.max_dma_maps = device_->max_dma_maps();
+  policy.own.pgsizes = kDefaultPgsizes;
+  policy.own.write_multiple = options_.advertise_write_multiple;
+  policy.offer_twin_socket = options_.offer_twin_socket;
+  auto negotiation = ServerNegotiate(*request, msg.payload.size(), policy);
+  if (!negotiation.ok()) return negotiation.status();
+  peer_caps_ = negotiation->peer;
+  conn_->set_max_fds_out(peer_caps_.max_msg_fds);
+  // The stored QEMU client (the only peer proposing 0.0) uses the 2020 draft
+  // DMA_READ/WRITE layout (PROTOCOL.md §3.10).
+  dma_layout_ = request->minor == 0 ? DmaLayout::kQemuLegacy : DmaLayout::kSpec;
+  Reply reply;
+  reply.payload = EncodeVersion(negotiation->reply);
+  if (negotiation->twin_local) {
+    TransportOptions topts = conn_->options();
+    twin_ = std::make_unique<Connection>(std::move(negotiation->twin_local), topts);
+    twin_->set_max_fds_in(0);
+    Connection* twin = twin_.get();
+    absl::Status st = loop_->WatchFd(twin->fd(), EPOLLIN | EPOLLRDHUP,
+                                     [this, twin](uint32_t ev) { OnSocketEvent(twin, ev); });
+    if (!st.ok()) return st;
+    reply.owned_fd = std::move(negotiation->twin_remote);
+  }
+  negotiated_ = true;
+  Log(LogLevel::kInfo, "session", "client attached",
+      {{"device", device_->name()},
+       {"pid", absl::StrCat(peer_.pid)},
+       {"uid", absl::StrCat(peer_.uid)},
+       {"version", absl::StrCat(request->major, ".", negotiation->minor)},
+       {"twin_socket", twin_ ? "yes" : "no"}});
+  device_->Attach(this);
+  return reply;
+}
+
+absl::StatusOr<Session::Reply> Session::HandleDmaMap(Message& msg) {
+  if (msg.fds_truncated || msg.fds.size() > 1) {
+    return ErrnoError(EINVAL, "DMA_MAP carries at most one fd");
+  }
+  auto req = DecodeDmaMap(ByteSpan(msg.payload));
+  if (!req.ok()) return req.status();
+  UniqueFd fd = msg.fds.empty() ? UniqueFd() : std::move(msg.fds[0]);
+  absl::Status st = device_->dma().Map(*req, std::move(fd));
+  if (!st.ok()) return st;
+  device_->mutable_counters().dma_maps++;
+  return Reply{};
+}
+
+absl::StatusOr<Session::Reply> Session::HandleDmaUnmap(Message& msg) {
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto req = DecodeDmaUnmap(ByteSpan(msg.payload));
+  if (!req.ok()) return req.status();
+  if (req->flags & kDmaUnmapFlagAll) {
+    device_->dma().UnmapAll();
+  } else {
+    absl::Status st = device_->dma().Unmap(req->address, req->size);
+    if (!st.ok()) return st;
+  }
+  device_->mutable_counters().dma_unmaps++;
+  DmaUnmapRequest echo = *req;
+  echo.argsz = sizeof(uint32_t) * 2 + sizeof(uint64_t) * 2;
+  return Reply{EncodeDmaUnmap(echo)};
+}
+
+absl::StatusOr<Session::Reply> Session::HandleRegionInfo(Message& msg) {
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto req = DecodeRegionInfoRequest(ByteSpan(msg.payload));
+  if (!req.ok()) return req.status();
+  auto info = device_->GetRegionInfo(req->index);
+  if (!info.ok()) return info.status();
+  bool caps_fit = false;
+  Reply reply;
+  reply.payload = EncodeRegionInfo(*info, req->argsz, &caps_fit);
+  if ((info->flags & kRegionInfoFlagMmap) && caps_fit) {
+    reply.fd = device_->RegionFd(req->index);
+  }
+  return reply;
+}
+
+absl::StatusOr<Session::Reply> Session::HandleRegionIoFds(Message& msg) {
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto req = DecodeRegionIoFdsRequest(ByteSpan(msg.payload));
+  if (!req.ok()) return req.status();
+  if (req->index >= device_->num_regions() || device_->region(req->index) == nullptr) {
+    return ErrnoError(EINVAL, absl::StrCat("no region ", req->index));
+  }
+  // No region of ours is backed by ioeventfds: report zero entries.
+  RegionIoFdsReply reply;
+  reply.index = req->index;
+  return Reply{EncodeRegionIoFdsReply(reply, req->argsz)};
+}
+
+absl::StatusOr<Session::Reply> Session::HandleSetIrqs(Message& msg) {
+  if (msg.fds_truncated) {
+    msg.fds.clear();
+    return ErrnoError(EINVAL, "SET_IRQS carried more fds than max_msg_fds");
+  }
+  auto req = DecodeSetIrqs(ByteSpan(msg.payload));
+  if (!req.ok()) return req.status();
+  absl::Status st = device_->irqs().SetIrqs(*req, std::move(msg.fds));
+  if (!st.ok()) return st;
+  return Reply{};
+}
+
+absl::Status Session::HandleRegionRead(Message& msg) {
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto req = DecodeRegionReadRequest(ByteSpan(msg.payload), limits());
+  if (!req.ok()) return req.status();
+  if (read_buf_.size() < req->count) read_buf_.resize(req->count);
+  absl::Span<uint8_t> data(read_buf_.data(), req->count);
+  absl::Status st = device_->RegionRead(req->region, req->offset, data);
+  if (!st.ok()) return st;
+  device_->mutable_counters().region_reads++;
+  if (msg.header.no_reply()) return absl::OkStatus();
+  uint8_t access[16];
+  EncodeRegionAccessHeaderTo(req->offset, req->region, req->count, access);
+  Header h = msg.header;
+  h.flags = kFlagsTypeReply;
+  h.error = 0;
+  absl::Status sent = conn_->SendParts(h, ByteSpan(access, sizeof(access)), data);
+  if (!sent.ok()) Close(sent);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Session::Reply> Session::HandleRegionWrite(Message& msg) {
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto req = DecodeRegionWriteRequest(ByteSpan(msg.payload), limits());
+  if (!req.ok()) return req.status();
+  absl::Status st = device_->RegionWrite(req->region, req->offset, req->data);
+  if (!st.ok()) return st;
+  device_->mutable_counters().region_writes++;
+  return Reply{EncodeRegionAccessHeader(req->offset, req->region, req->count)};
+}
+
+absl::StatusOr<Session::Reply> Session::HandleWriteMulti(Message& msg) {
+  if (absl::Status st = RejectFds(msg); !st.ok()) return st;
+  auto entries = DecodeRegionWriteMulti(ByteSpan(msg.payload), limits());
+  if (!entries.ok()) return entries.status();
+  uint64_t completed = 0;
+  for (const WriteMultiEntry& e : *entries) {
+    absl::Status st = device_->RegionWrite(e.region, e.offset,
+                                           absl::Span<const uint8_t>(e.data, e.count));
+    if (!st.ok()) {
+      if (completed == 0) return st;
+      break;  // report how many were applied, in order
+    }
+    ++completed;
+    device_->mutable_counters().region_writes++;
+  }
+  return Reply{EncodeRegionWriteMultiReply(completed)};
+}
+
+void Session::HandleReply(Message msg) {
+  auto it = pending_dma_.find(msg.header.msg_id);
+  if (it == pending_dma_.end() ||
+      (msg.header.cmd != static_cast<uint16_t>(Command::kDmaRead) &&
+       msg.header.cmd != static_cast<uint16_t>(Command::kDmaWrite))) {
+    // A reply nobody waits for: the stream is not trustworthy any more.
+    Close(ErrnoError(EPROTO, absl::StrCat("unexpected reply msg_id=", msg.header.msg_id,
+                                          " cmd=", CommandName(msg.header.cmd))));
+    return;
+  }
+  std::shared_ptr<PendingDma> op = it->second;
+  pending_dma_.erase(it);
+  loop_->CancelTimer(op->timer);
+  msg.fds.clear();
+  absl::Status result;
+  const bool want_write = op->write;
+  if ((msg.header.cmd == static_cast<uint16_t>(Command::kDmaWrite)) != want_write) {
+    result = ErrnoError(EPROTO, "DMA reply command mismatch");
+  } else if (msg.header.is_error()) {
+    result = ErrnoError(SanitizePeerErrno(msg.header.error), "client failed DMA request");
+  } else if (!want_write) {
+    auto reply = DecodeDmaReadReply(ByteSpan(msg.payload), op->chunk);
+    if (!reply.ok()) {
+      result = reply.status();
+    } else if (reply->address != op->iova + op->done_bytes ||
+               reply->data.size() != op->chunk) {
+      result = ErrnoError(EPROTO, "DMA_READ reply does not match the request");
+    } else {
+      std::memcpy(op->out + op->done_bytes, reply->data.data(), op->chunk);
+    }
+  } else {
+    auto reply = DecodeDmaWriteReply(ByteSpan(msg.payload));
+    if (!reply.ok()) result = reply.status();
+  }
+  if (!result.ok()) {
+    op->done(result);
+    return;
+  }
+  if (want_write) device_->dma().MarkDirty(op->iova + op->done_bytes, op->chunk);
+  op->done_bytes += op->chunk;
+  if (op->done_bytes == op->len) {
+    op->done(absl::OkStatus());
+    return;
+  }
+  StartDmaChunk(op);
+}
+
+void Session::DmaReadByMessage(uint64_t iova, uint8_t* out, size_t len, DmaDone done) {
+  auto op = std::make_shared<PendingDma>();
+  op->iova = iova;
+  op->out = out;
+  op->len = len;
+  op->done = std::move(done);
+  StartDmaChunk(std::move(op));
+}
+
+void Session::DmaWriteByMessage(uint64_t iova, const uint8_t* in, size_t len,
+                                DmaDone done) {
+  auto op = std::make_shared<PendingDma>();
+  op->write = true;
+  op->iova = iova;
+  op->in = in;
+  op->len = len;
+  op->done = std::move(done);
+  StartDmaChunk(std::move(op));
+}
+
+void Session::StartDmaChunk(std::shared_ptr<PendingDma> op) {
+  if (closed_ || !negotiated_) {
+    op->done(ErrnoError(ENOTCONN, "no client"));
+    return;
+  }
+  if (op->len == 0) {
+    op->done(absl::OkStatus());
+    return;
+  }
+  const uint64_t max_chunk = std::max<uint64_t>(1, peer_caps_.max_data_xfer_size);
+  op->chunk = static_cast<size_t>(std::min<uint64_t>(op->len - op->done_bytes, max_chunk));
+  uint16_t id = next_dma_msg_id_++;
+  while (pending_dma_.contains(id)) id = next_dma_msg_id_++;
+  const uint64_t address = op->iova + op->done_bytes;
+  Header h;
+  h.msg_id = id;
+  h.flags = kFlagsTypeCommand;
+  uint8_t access[16];
+  const size_t access_size = DmaAccessHeaderSize(dma_layout_);
+  EncodeDmaAccessHeaderTo(address, op->chunk, dma_layout_, access);
+  absl::Status st;
+  Connection* conn = dma_connection();
+  if (op->write) {
+    h.cmd = static_cast<uint16_t>(Command::kDmaWrite);
+    st = conn->SendParts(h, ByteSpan(access, access_size),
+                         ByteSpan(op->in + op->done_bytes, op->chunk));
+  } else {
+    h.cmd = static_cast<uint16_t>(Command::kDmaRead);
+    st = conn->SendParts(h, ByteSpan(access, access_size));
+  }
+  if (!st.ok()) {
+    op->done(st);
+    Close(st);
+    return;
+  }
+  device_->mutable_counters().dma_messages++;
+  pending_dma_[id] = op;
+  op->timer = loop_->RunAfter(options_.dma_timeout, [this, id] {
+    auto it = pending_dma_.find(id);
+    if (it == pending_dma_.end()) return;
+    std::shared_ptr<PendingDma> timed_out = it->second;
+    pending_dma_.erase(it);
+    timed_out->done(ErrnoError(ETIMEDOUT, "client did not answer a DMA request"));
+    // A late reply would now be unmatched; the stream cannot be trusted.
+    Close(ErrnoError(ETIMEDOUT, "DMA request timed out"));
+  });
+  if (conn->HasPendingOutput()) UpdateInterest(conn);
+}
+
+void Session::FailPendingDma(const absl::Status& why) {
+  auto pending = std::move(pending_dma_);
+  pending_dma_.clear();
+  for (auto& [id, op] : pending) {
+    loop_->CancelTimer(op->timer);
+    op->done(why);
+  }
+}
+
+}  // namespace vfio_user
