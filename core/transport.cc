@@ -391,10 +391,9 @@ ssize_t Connection::ReceiveInto(absl::Span<uint8_t> window,
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
 
-  // Linux ends a stream read before an skb that carries fds unless it is
-  // the first one read, so any fds belong to the read's first byte.
+  // The fds belong to the message holding the read's last byte (FdBatch).
   FdBatch batch;
-  batch.offset = stream_offset;
+  batch.offset = stream_offset + static_cast<uint64_t>(n > 0 ? n - 1 : 0);
   batch.truncated = (mh.msg_flags & MSG_CTRUNC) != 0;
   if (mh.msg_controllen > 0) {
     for (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr;
@@ -420,9 +419,7 @@ ssize_t Connection::ReceiveInto(absl::Span<uint8_t> window,
 
 void Connection::AttachReceivedFds(uint64_t end, Message* msg) {
   // Batches are in stream order and earlier messages took theirs, so every
-  // batch before `end` belongs to this message. A conforming peer sends fds
-  // with the header; one attached to a later byte still goes to the message
-  // that byte is in.
+  // batch before `end` belongs to this message.
   size_t taken = 0;
   for (; taken < in_fds_.size() && in_fds_[taken].offset < end; ++taken) {
     FdBatch& batch = in_fds_[taken];
@@ -539,6 +536,10 @@ absl::Status Connection::Enqueue(const OutputCursor& out,
   // Dup first: if that fails, nothing has changed.
   FdBatch batch;
   batch.offset = out_buf_offset_ + out_buf_.size();
+  for (size_t i = 0; i < out.iov_count(); ++i) {
+    batch.message_end += out.iov()[i].iov_len;
+  }
+  batch.message_end += batch.offset;
   for (int fd : fds) {
     const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0) return ErrnoError(errno, "dup of an fd to queue");
@@ -559,20 +560,22 @@ bool Connection::HasPendingOutput() const {
 absl::Status Connection::FlushPending() {
   if (!send_error_.ok()) return send_error_;
   while (HasPendingOutput()) {
-    // Each sendmsg stops where the next fd batch starts, so that batch rides
-    // the sendmsg that begins with its message's header.
+    // Fd-less messages may share a sendmsg, but one that carries fds starts
+    // at its message's header and carries nothing else (see FdBatch).
     const uint64_t pos = out_buf_offset_ + out_start_;
-    size_t end = out_buf_.size();
+    uint64_t end = out_buf_offset_ + out_buf_.size();
     absl::InlinedVector<int, 8> fds;
-    size_t next_batch = 0;
-    if (!out_fds_.empty() && out_fds_.front().offset == pos) {
-      for (const UniqueFd& fd : out_fds_.front().fds) fds.push_back(fd.get());
-      next_batch = 1;
+    if (!out_fds_.empty()) {
+      const FdBatch& next = out_fds_.front();
+      if (next.offset == pos) {
+        for (const UniqueFd& fd : next.fds) fds.push_back(fd.get());
+        end = next.message_end;
+      } else {
+        end = next.offset;
+      }
     }
-    if (next_batch < out_fds_.size()) {
-      end = static_cast<size_t>(out_fds_[next_batch].offset - out_buf_offset_);
-    }
-    struct iovec iov = {out_buf_.data() + out_start_, end - out_start_};
+    struct iovec iov = {out_buf_.data() + out_start_,
+                        static_cast<size_t>(end - pos)};
     const ssize_t n = SendOnce(&iov, 1, fds);
     if (n > 0) {
       if (!fds.empty()) out_fds_.erase(out_fds_.begin());  // closes the dups

@@ -115,12 +115,20 @@ class Connection {
   void Shutdown();
 
  private:
-  // File descriptors tied to one byte of the stream: received with it, or
-  // to be sent with it (they must ride the sendmsg that starts there).
+  // File descriptors tied to a position in the stream.
+  //  - Received: `offset` is the last byte of the recvmsg that brought them.
+  //    Linux stops a stream read right after the skb that carries fds, and
+  //    a peer attaches fds to the sendmsg that starts its message, so they
+  //    belong to the message that contains that byte. (A read may start
+  //    with earlier fd-less messages: the first byte would be wrong.)
+  //  - Queued for sending: `offset` is the message's first byte; the
+  //    sendmsg that carries them starts there and stops at `message_end`,
+  //    so the receiver can apply the rule above.
   struct FdBatch {
-    uint64_t offset = 0;  // stream offset of the byte
+    uint64_t offset = 0;
+    uint64_t message_end = 0;  // sending only
     std::vector<UniqueFd> fds;
-    bool truncated = false;  // receive: the kernel dropped some (MSG_CTRUNC)
+    bool truncated = false;  // receiving: the kernel dropped some (MSG_CTRUNC)
   };
   // The unsent rest of one message: up to three byte ranges.
   class OutputCursor;

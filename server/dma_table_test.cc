@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "core/errno_status.h"
 #include "core/protocol.h"
 #include "gmock/gmock.h"
@@ -435,7 +435,7 @@ TEST(DmaTableConcurrencyTest, AccessRacesWithUnmap) {
 
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> ok_reads{0}, faults{0}, bad{0};
-  absl::Notification started;
+  absl::BlockingCounter started(2);  // both readers ran once
   auto reader = [&] {
     std::vector<uint8_t> buf(kSize);
     bool first = true;
@@ -455,7 +455,7 @@ TEST(DmaTableConcurrencyTest, AccessRacesWithUnmap) {
       if (!s.ok() && ErrnoOf(s) != EFAULT) bad.fetch_add(1);
       if (first) {
         first = false;
-        started.Notify();
+        started.DecrementCount();
       }
     }
   };
@@ -467,7 +467,7 @@ TEST(DmaTableConcurrencyTest, AccessRacesWithUnmap) {
     }
   };
   std::thread r1(reader), r2(reader), w(writer);
-  started.WaitForNotification();
+  started.Wait();
   for (int i = 0; i < 300; ++i) {
     ASSERT_TRUE(table.Unmap(kIova, kSize).ok());
     ASSERT_TRUE(table.Map(Req(kIova, kSize), Dup(memfd)).ok());
