@@ -27,15 +27,15 @@
 namespace vfio_user {
 namespace {
 
-using testing::CommandHeader;
-using testing::ConnectionPair;
-using testing::CountOpenFds;
-using testing::HeaderBytes;
-using testing::MakeConnectionPair;
-using testing::MakeEventfd;
-using testing::MakeMemfd;
-using testing::Pattern;
-using testing::ReceiveOne;
+using test_util::CommandHeader;
+using test_util::ConnectionPair;
+using test_util::CountOpenFds;
+using test_util::HeaderBytes;
+using test_util::MakeConnectionPair;
+using test_util::MakeEventfd;
+using test_util::MakeMemfd;
+using test_util::Pattern;
+using test_util::ReceiveOne;
 
 TransportOptions Nonblocking() {
   TransportOptions options;
@@ -147,6 +147,30 @@ TEST(TransportTest, EventfdCrossesAndSignals) {
   EXPECT_EQ(value, 1u);
   ASSERT_EQ(::read(set_irqs.fds[1].get(), &value, 8), 8);
   EXPECT_EQ(value, 3u);
+}
+
+TEST(TransportTest, FdsStayWithTheirMessageUnderReadAhead) {
+  // Everything is in the socket before the first read, so one recvmsg may
+  // cover several messages: Linux ends it right after an fd-carrying skb,
+  // so the fds belong to the message holding the read's last byte.
+  ConnectionPair pair = MakeConnectionPair();
+  const bool has_fd[] = {false, true, false, false, true, true, false};
+  for (uint16_t i = 0; i < 7; ++i) {
+    Message msg = MakeCommand(i, Command::kDmaMap, Pattern(4 + i, i));
+    if (has_fd[i]) msg.fds.push_back(MakeMemfd(Pattern(8, i)));
+    ASSERT_TRUE(pair.a->Send(msg).ok());
+  }
+  for (uint16_t i = 0; i < 7; ++i) {
+    Message got = ReceiveOne(*pair.b);
+    ASSERT_EQ(got.header.msg_id, i);
+    EXPECT_EQ(got.payload, Pattern(4 + i, i));
+    ASSERT_EQ(got.fds.size(), has_fd[i] ? 1u : 0u) << "message " << i;
+    if (has_fd[i]) {
+      std::vector<uint8_t> content(8);
+      ASSERT_EQ(::pread(got.fds[0].get(), content.data(), 8, 0), 8);
+      EXPECT_EQ(content, Pattern(8, i));
+    }
+  }
 }
 
 TEST(TransportTest, LargeMessagesWithConcurrentWriter) {

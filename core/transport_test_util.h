@@ -25,7 +25,7 @@
 #include "gtest/gtest.h"
 
 namespace vfio_user {
-namespace testing {
+namespace test_util {
 
 // Number of open fds of this process (entries of /proc/self/fd, minus the
 // one opendir uses).
@@ -116,7 +116,7 @@ inline std::vector<uint8_t> HeaderBytes(const Header& h) {
   return bytes;
 }
 
-}  // namespace testing
+}  // namespace test_util
 }  // namespace vfio_user
 
 #endif  // VFIO_USER_CORE_TRANSPORT_TEST_UTIL_H_

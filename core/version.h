@@ -10,6 +10,9 @@
 // Interop (§4.3): QEMU proposes 0.0, caps the reply size at the size of its
 // own request and needs JSON in the reply; it assumes max_msg_fds = 8 when
 // the server omits it. Some peers send `max_msg_fds` / legacy `migration`.
+//
+// Thread-safety: every function is reentrant and touches no shared state
+// (ServerNegotiate only creates a socketpair).
 #ifndef VFIO_USER_CORE_VERSION_H_
 #define VFIO_USER_CORE_VERSION_H_
 
@@ -116,8 +119,9 @@ struct ServerNegotiation {
   Capabilities peer;           // client's limits: respect when sending
   // Our limits as the client will understand them: exactly what
   // ParseCapabilitiesJson(reply.json) yields, i.e. spec defaults for any key
-  // left out to fit the reply-size limit. own.twin_socket_supported tells
-  // whether the twin socket was accepted.
+  // left out to fit the reply-size limit. Enforce these (not policy.own)
+  // when receiving. own.twin_socket_supported tells whether the twin socket
+  // was accepted.
   Capabilities own;
   uint16_t minor = 0;          // agreed minor
   // When the client offered twin_socket and we accepted: our end of the

@@ -24,17 +24,10 @@ constexpr uint64_t kOffMax = std::numeric_limits<off_t>::max();
 constexpr uint32_t kKnownMapFlags = kDmaMapFlagRead | kDmaMapFlagWrite |
                                     kDmaMapFlagMmapLvu | kDmaMapFlagFileIoLvu;
 
-#define VFIO_USER_RETURN_IF_ERROR(expr)       \
-  do {                                        \
-    absl::Status _status = (expr);            \
-    if (!_status.ok()) return _status;        \
-  } while (0)
-
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 bool IsValidLoggingPageSize(uint64_t page_size) {
-  return IsPowerOfTwo(page_size) &&
-         page_size >= DmaTable::kMinLoggingPageSize;
+  return IsPowerOfTwo(page_size) && page_size >= DmaTable::kMinLoggingPageSize;
 }
 
 unsigned Log2(uint64_t power_of_two) {
@@ -77,7 +70,8 @@ absl::Status FileIo(int fd, uint8_t* buf, size_t len, uint64_t offset,
                             : ::pread(fd, buf, len, static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoError(errno, write ? "DMA pwrite failed" : "DMA pread failed");
+      return ErrnoError(errno,
+                        write ? "DMA pwrite failed" : "DMA pread failed");
     }
     if (n == 0) return ErrnoError(EFAULT, "DMA file I/O reached end of file");
     buf += n;
@@ -104,9 +98,12 @@ bool IsMessageOnly(const absl::Status& status) {
 
 const char* DmaBackingName(DmaBacking backing) {
   switch (backing) {
-    case DmaBacking::kMmap: return "mmap";
-    case DmaBacking::kFileIo: return "file-io";
-    case DmaBacking::kMessage: return "message";
+    case DmaBacking::kMmap:
+      return "mmap";
+    case DmaBacking::kFileIo:
+      return "file-io";
+    case DmaBacking::kMessage:
+      return "message";
   }
   return "unknown";
 }
@@ -186,9 +183,9 @@ absl::StatusOr<DmaTable::Region> DmaTable::CreateRegion(
   }
   if (region.backing == DmaBacking::kMmap &&
       req.offset % host_page_size_ != 0) {
-    return ErrnoError(EINVAL, absl::StrFormat(
-                                  "DMA_MAP offset 0x%x not page aligned",
-                                  req.offset));
+    return ErrnoError(
+        EINVAL,
+        absl::StrFormat("DMA_MAP offset 0x%x not page aligned", req.offset));
   }
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) {
@@ -246,11 +243,12 @@ absl::Status DmaTable::Map(const DmaMapRequest& req, UniqueFd fd) {
                                       req.address, req.size));
   }
   if (regions_.size() >= max_maps_) {
-    return ErrnoError(ENOSPC, absl::StrFormat("DMA map limit (%u) reached",
-                                              max_maps_));
+    return ErrnoError(ENOSPC,
+                      absl::StrFormat("DMA map limit (%u) reached", max_maps_));
   }
   if (logging_ && logging_everything_) {
-    VFIO_USER_RETURN_IF_ERROR(CoverLocked(region->iova, region->last));
+    absl::Status status = CoverLocked(region->iova, region->last);
+    if (!status.ok()) return status;
   }
   const uint64_t iova = region->iova;
   regions_.emplace(iova, *std::move(region));
@@ -264,9 +262,9 @@ absl::Status DmaTable::Unmap(uint64_t address, uint64_t size) {
     absl::MutexLock lock(&mu_);  // waits for in-flight accesses
     auto it = regions_.find(address);
     if (it == regions_.end() || it->second.size != size) {
-      return ErrnoError(
-          ENOENT,
-          absl::StrFormat("no DMA mapping is exactly 0x%x+0x%x", address, size));
+      return ErrnoError(ENOENT,
+                        absl::StrFormat("no DMA mapping is exactly 0x%x+0x%x",
+                                        address, size));
     }
     removed = regions_.extract(it);
   }
@@ -312,10 +310,9 @@ absl::Status DmaTable::CollectLocked(uint64_t iova, uint64_t len,
   for (const Piece& piece : *pieces) {
     if ((piece.region->flags & needed) == 0) {
       return ErrnoError(
-          EPERM, absl::StrFormat("DMA mapping at 0x%x is not %s",
-                                 piece.region->iova,
-                                 needed == kDmaMapFlagWrite ? "writable"
-                                                            : "readable"));
+          EPERM, absl::StrFormat(
+                     "DMA mapping at 0x%x is not %s", piece.region->iova,
+                     needed == kDmaMapFlagWrite ? "writable" : "readable"));
     }
   }
   return absl::OkStatus();
@@ -324,7 +321,8 @@ absl::Status DmaTable::CollectLocked(uint64_t iova, uint64_t len,
 absl::Status DmaTable::CollectDirectLocked(uint64_t iova, uint64_t len,
                                            uint32_t needed,
                                            Pieces* pieces) const {
-  VFIO_USER_RETURN_IF_ERROR(CollectLocked(iova, len, needed, pieces));
+  absl::Status status = CollectLocked(iova, len, needed, pieces);
+  if (!status.ok()) return status;
   for (const Piece& piece : *pieces) {
     if (piece.region->backing == DmaBacking::kMessage) {
       return MessageOnlyError(piece.iova);
@@ -337,9 +335,9 @@ absl::Status DmaTable::Access(uint64_t iova, uint8_t* buf, size_t len,
                               bool write) const {
   absl::ReaderMutexLock lock(&mu_);
   Pieces pieces;
-  VFIO_USER_RETURN_IF_ERROR(CollectDirectLocked(
-      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces));
-  absl::Status status;
+  absl::Status status = CollectDirectLocked(
+      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces);
+  if (!status.ok()) return status;
   size_t done = 0;
   for (const Piece& piece : pieces) {
     const Region& region = *piece.region;
@@ -386,8 +384,9 @@ absl::StatusOr<std::vector<DmaSegment>> DmaTable::Resolve(uint64_t iova,
   if (len == 0) return ErrnoError(EINVAL, "DMA resolve of length 0");
   absl::ReaderMutexLock lock(&mu_);
   Pieces pieces;
-  VFIO_USER_RETURN_IF_ERROR(CollectLocked(
-      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces));
+  absl::Status status = CollectLocked(
+      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces);
+  if (!status.ok()) return status;
   std::vector<DmaSegment> segments;
   segments.reserve(pieces.size());
   for (const Piece& piece : pieces) {
@@ -403,8 +402,9 @@ absl::Status DmaTable::WithMappedRange(
   if (len == 0) return ErrnoError(EINVAL, "DMA range of length 0");
   absl::ReaderMutexLock lock(&mu_);
   Pieces pieces;
-  VFIO_USER_RETURN_IF_ERROR(CollectDirectLocked(
-      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces));
+  absl::Status status = CollectDirectLocked(
+      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces);
+  if (!status.ok()) return status;
   if (pieces.size() != 1 || pieces[0].region->backing != DmaBacking::kMmap) {
     return ErrnoError(
         EFAULT, absl::StrFormat("DMA range 0x%x+0x%x is not one host mapping",
@@ -429,10 +429,10 @@ absl::Status DmaTable::AddLoggedRangesLocked(
   for (const auto& [first, last] : page_spans) {
     const uint64_t bytes = WordsForPages(first, last) * sizeof(uint64_t);
     if (bytes > max_dirty_bitmap_bytes_ - logging_bitmap_bytes_ - new_bytes) {
-      return ErrnoError(
-          ENOMEM, absl::StrFormat("dirty logging would need more than %u "
-                                  "bitmap bytes",
-                                  max_dirty_bitmap_bytes_));
+      return ErrnoError(ENOMEM,
+                        absl::StrFormat("dirty logging would need more than %u "
+                                        "bitmap bytes",
+                                        max_dirty_bitmap_bytes_));
     }
     new_bytes += bytes;
   }
@@ -487,8 +487,8 @@ bool DmaTable::CoveredByLoggingLocked(uint64_t first_page,
 absl::Status DmaTable::StartLogging(uint64_t page_size,
                                     absl::Span<const DmaLoggingRange> ranges) {
   if (!IsValidLoggingPageSize(page_size)) {
-    return ErrnoError(EINVAL, absl::StrFormat("bad dirty logging page size %u",
-                                              page_size));
+    return ErrnoError(
+        EINVAL, absl::StrFormat("bad dirty logging page size %u", page_size));
   }
   const unsigned shift = Log2(page_size);
   std::vector<std::pair<uint64_t, uint64_t>> page_spans;  // sorted, disjoint
@@ -501,9 +501,9 @@ absl::Status DmaTable::StartLogging(uint64_t page_size,
     for (const DmaLoggingRange& range : sorted) {
       if (range.length == 0 || Wraps(range.iova, range.length) ||
           ((range.iova | range.length) & (page_size - 1)) != 0) {
-        return ErrnoError(
-            EINVAL, absl::StrFormat("bad dirty logging range 0x%x+0x%x",
-                                    range.iova, range.length));
+        return ErrnoError(EINVAL,
+                          absl::StrFormat("bad dirty logging range 0x%x+0x%x",
+                                          range.iova, range.length));
       }
       const uint64_t first = range.iova >> shift;
       const uint64_t last = (range.iova + (range.length - 1)) >> shift;
@@ -585,12 +585,13 @@ absl::StatusOr<std::vector<uint64_t>> DmaTable::Report(uint64_t iova,
                                                        uint64_t length,
                                                        uint64_t page_size) {
   if (!IsValidLoggingPageSize(page_size)) {
-    return ErrnoError(EINVAL, absl::StrFormat("bad dirty report page size %u",
-                                              page_size));
+    return ErrnoError(
+        EINVAL, absl::StrFormat("bad dirty report page size %u", page_size));
   }
   if (length == 0 || Wraps(iova, length)) {
-    return ErrnoError(EINVAL, absl::StrFormat("bad dirty report range 0x%x+0x%x",
-                                              iova, length));
+    return ErrnoError(
+        EINVAL,
+        absl::StrFormat("bad dirty report range 0x%x+0x%x", iova, length));
   }
   const uint64_t last = iova + (length - 1);
   const unsigned report_shift = Log2(page_size);
@@ -607,10 +608,10 @@ absl::StatusOr<std::vector<uint64_t>> DmaTable::Report(uint64_t iova,
   const uint64_t first_page = iova >> shift;
   const uint64_t last_page = last >> shift;
   if (!logging_everything_ && !CoveredByLoggingLocked(first_page, last_page)) {
-    return ErrnoError(EINVAL, absl::StrFormat(
-                                  "dirty report 0x%x+0x%x outside the logged "
-                                  "ranges",
-                                  iova, length));
+    return ErrnoError(
+        EINVAL, absl::StrFormat("dirty report 0x%x+0x%x outside the logged "
+                                "ranges",
+                                iova, length));
   }
   // Logging pages only partly inside the report are reported, not cleared.
   const bool first_partial = (iova & (logging_page - 1)) != 0;
@@ -619,7 +620,8 @@ absl::StatusOr<std::vector<uint64_t>> DmaTable::Report(uint64_t iova,
   std::vector<uint64_t> bitmap(num_words, 0);
   auto report_page = [&](uint64_t page) {
     const uint64_t page_first = std::max(page << shift, iova);
-    const uint64_t page_last = std::min((page << shift) + (logging_page - 1), last);
+    const uint64_t page_last =
+        std::min((page << shift) + (logging_page - 1), last);
     ForEachWordMask((page_first - iova) >> report_shift,
                     (page_last - iova) >> report_shift,
                     [&](uint64_t w, uint64_t mask) { bitmap[w] |= mask; });

@@ -93,8 +93,8 @@ struct DmaMapInfo {
 struct DmaTableCounters {
   uint64_t maps = 0;           // successful Map() calls
   uint64_t unmaps = 0;         // maps removed by Unmap() or UnmapAll()
-  uint64_t bytes_read = 0;     // copied by Read() / WithMappedRange(write=false)
-  uint64_t bytes_written = 0;  // copied by Write() / WithMappedRange(write=true)
+  uint64_t bytes_read = 0;     // by Read() and read WithMappedRange()
+  uint64_t bytes_written = 0;  // by Write() and write WithMappedRange()
 };
 
 class DmaTable {
@@ -264,8 +264,7 @@ class DmaTable {
                              Pieces* pieces) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Collects and then fails with IsMessageOnly() if any piece needs messages.
-  absl::Status CollectDirectLocked(uint64_t iova, uint64_t len,
-                                   uint32_t needed,
+  absl::Status CollectDirectLocked(uint64_t iova, uint64_t len, uint32_t needed,
                                    Pieces* pieces) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
 

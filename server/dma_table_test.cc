@@ -39,7 +39,9 @@ UniqueFd MakeMemfd(uint64_t size) {
   return fd;
 }
 
-UniqueFd Dup(const UniqueFd& fd) { return UniqueFd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)); }
+UniqueFd Dup(const UniqueFd& fd) {
+  return UniqueFd(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+}
 
 std::vector<uint8_t> PreadAll(const UniqueFd& fd, uint64_t offset, size_t len) {
   std::vector<uint8_t> out(len);
@@ -119,18 +121,18 @@ TEST_F(DmaTableTest, RejectsBadRequests) {
     absl::Status s = table_.Map(req, with_fd ? Dup(memfd) : UniqueFd());
     EXPECT_EQ(ErrnoOf(s), EINVAL) << s;
   };
-  expect_einval(Req(0, 0), true);                          // size 0
-  expect_einval(Req(0x800, kPage), true);                  // address unaligned
-  expect_einval(Req(0, kPage + 1), true);                  // size unaligned
-  expect_einval(Req(0, kPage, 0x10), true);                // unknown flag
-  expect_einval(Req(0, kPage, 0), true);                   // no READ/WRITE
+  expect_einval(Req(0, 0), true);            // size 0
+  expect_einval(Req(0x800, kPage), true);    // address unaligned
+  expect_einval(Req(0, kPage + 1), true);    // size unaligned
+  expect_einval(Req(0, kPage, 0x10), true);  // unknown flag
+  expect_einval(Req(0, kPage, 0), true);     // no READ/WRITE
   expect_einval(Req(0, kPage, kRW | kDmaMapFlagMmapLvu | kDmaMapFlagFileIoLvu),
                 true);
   expect_einval(Req(0, kPage, kRW | kDmaMapFlagMmapLvu), false);  // needs fd
   expect_einval(Req(0, kPage, kRW | kDmaMapFlagFileIoLvu), false);
-  expect_einval(Req(0, kPage, kRW, 0x800), true);          // offset unaligned
-  expect_einval(Req(0, kPage, kRW, 4 * kPage), true);      // beyond EOF
-  expect_einval(Req(0, 8 * kPage), true);                  // larger than file
+  expect_einval(Req(0, kPage, kRW, 0x800), true);      // offset unaligned
+  expect_einval(Req(0, kPage, kRW, 4 * kPage), true);  // beyond EOF
+  expect_einval(Req(0, 8 * kPage), true);              // larger than file
   expect_einval(Req(0, kPage, kRW, ~uint64_t{0} & ~(kPage - 1)), true);
   EXPECT_EQ(table_.size(), 0u);
   EXPECT_EQ(table_.counters().maps, 0u);
@@ -138,9 +140,9 @@ TEST_F(DmaTableTest, RejectsBadRequests) {
 
 TEST_F(DmaTableTest, WrapAroundAddresses) {
   // Wrapping u64 is rejected...
-  EXPECT_EQ(ErrnoOf(table_.Map(Req(~uint64_t{0} - kPage + 1, 2 * kPage),
-                               UniqueFd())),
-            EINVAL);
+  EXPECT_EQ(
+      ErrnoOf(table_.Map(Req(~uint64_t{0} - kPage + 1, 2 * kPage), UniqueFd())),
+      EINVAL);
   // ...but the very last page of the address space is a valid map.
   const uint64_t top = ~uint64_t{0} - kPage + 1;
   UniqueFd memfd = MakeMemfd(kPage);
@@ -218,8 +220,8 @@ TEST_F(DmaTableTest, UnmappedMemoryFaults) {
 TEST_F(DmaTableTest, UnmapAll) {
   UniqueFd memfd = MakeMemfd(4 * kPage);
   for (uint64_t i = 0; i < 4; ++i) {
-    ASSERT_TRUE(table_.Map(Req(i * 0x100000, kPage, kRW, i * kPage),
-                           Dup(memfd)).ok());
+    ASSERT_TRUE(
+        table_.Map(Req(i * 0x100000, kPage, kRW, i * kPage), Dup(memfd)).ok());
   }
   ASSERT_TRUE(table_.Map(Req(0x900000, kPage), UniqueFd()).ok());
   table_.UnmapAll();
@@ -238,13 +240,15 @@ TEST_F(DmaTableTest, AccessSpansAdjacentMaps) {
   UniqueFd b = MakeMemfd(4 * kPage);
   ASSERT_TRUE(table_.Map(Req(0x10000, kPage, kRW, 2 * kPage), Dup(a)).ok());
   ASSERT_TRUE(table_.Map(Req(0x11000, kPage, kRW, 0), Dup(b)).ok());
-  ASSERT_TRUE(table_.Map(Req(0x12000, kPage, kRW | kDmaMapFlagFileIoLvu, kPage),
-                         Dup(a)).ok());
+  ASSERT_TRUE(
+      table_.Map(Req(0x12000, kPage, kRW | kDmaMapFlagFileIoLvu, kPage), Dup(a))
+          .ok());
 
   std::vector<uint8_t> got(kPage + 20);
   const uint64_t start = 0x10000 + kPage - 10;
   ASSERT_TRUE(table_.Read(start, absl::MakeSpan(got)).ok());
-  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(got[i], Pattern(3 * kPage - 10 + i));
+  for (size_t i = 0; i < 10; ++i)
+    EXPECT_EQ(got[i], Pattern(3 * kPage - 10 + i));
   for (size_t i = 0; i < kPage; ++i) EXPECT_EQ(got[10 + i], Pattern(i));
   for (size_t i = 0; i < 10; ++i) {
     EXPECT_EQ(got[10 + kPage + i], Pattern(kPage + i));
@@ -260,7 +264,8 @@ TEST_F(DmaTableTest, AccessSpansAdjacentMaps) {
   EXPECT_EQ(PreadAll(a, kPage, 10),
             std::vector<uint8_t>(data.begin() + 10 + kPage, data.end()));
 
-  absl::StatusOr<std::vector<DmaSegment>> segs = table_.Resolve(start, got.size(), true);
+  absl::StatusOr<std::vector<DmaSegment>> segs =
+      table_.Resolve(start, got.size(), true);
   ASSERT_TRUE(segs.ok()) << segs.status();
   ASSERT_EQ(segs->size(), 3u);
   EXPECT_EQ((*segs)[0].iova, start);
@@ -306,9 +311,9 @@ TEST_F(DmaTableTest, Permissions) {
   EXPECT_EQ(ErrnoOf(table_.Write(kPage - 1, two)), EPERM);
   EXPECT_EQ(PreadAll(memfd, kPage - 1, 1)[0], Pattern(kPage - 1));
   EXPECT_EQ(ErrnoOf(table_.Resolve(0, 1, true).status()), EPERM);
-  EXPECT_EQ(ErrnoOf(table_.WithMappedRange(0, 1, true, [](absl::Span<uint8_t>) {
-              ADD_FAILURE() << "must not run";
-            })),
+  EXPECT_EQ(ErrnoOf(table_.WithMappedRange(
+                0, 1, true,
+                [](absl::Span<uint8_t>) { ADD_FAILURE() << "must not run"; })),
             EPERM);
 }
 
@@ -334,8 +339,9 @@ TEST_F(DmaTableTest, UnmappableFdIsRejected) {
 TEST_F(DmaTableTest, MessageOnlyMaps) {
   UniqueFd memfd = MakeMemfd(kPage);
   ASSERT_TRUE(table_.Map(Req(0, kPage), Dup(memfd)).ok());
-  ASSERT_TRUE(table_.Map(Req(kPage, 2 * kPage, kRW, /*offset ignored=*/123),
-                         UniqueFd()).ok());
+  ASSERT_TRUE(
+      table_.Map(Req(kPage, 2 * kPage, kRW, /*offset ignored=*/123), UniqueFd())
+          .ok());
 
   std::vector<uint8_t> buf(16, 0x11);
   absl::Status s = table_.Read(kPage, absl::MakeSpan(buf));
@@ -381,35 +387,47 @@ TEST_F(DmaTableTest, MessageOnlyMaps) {
 TEST_F(DmaTableTest, WithMappedRangeIsZeroCopy) {
   UniqueFd memfd = MakeMemfd(4 * kPage);
   ASSERT_TRUE(table_.Map(Req(0, 2 * kPage), Dup(memfd)).ok());
-  ASSERT_TRUE(table_.Map(Req(2 * kPage, kPage, kRW, 2 * kPage), Dup(memfd)).ok());
-  ASSERT_TRUE(table_.Map(Req(3 * kPage, kPage, kRW | kDmaMapFlagFileIoLvu,
-                             3 * kPage),
-                         Dup(memfd)).ok());
-  ASSERT_TRUE(table_.WithMappedRange(100, 8, true, [](absl::Span<uint8_t> m) {
-    ASSERT_EQ(m.size(), 8u);
-    for (uint8_t& byte : m) byte = 0xCD;
-  }).ok());
+  ASSERT_TRUE(
+      table_.Map(Req(2 * kPage, kPage, kRW, 2 * kPage), Dup(memfd)).ok());
+  ASSERT_TRUE(
+      table_
+          .Map(Req(3 * kPage, kPage, kRW | kDmaMapFlagFileIoLvu, 3 * kPage),
+               Dup(memfd))
+          .ok());
+  ASSERT_TRUE(table_
+                  .WithMappedRange(100, 8, true,
+                                   [](absl::Span<uint8_t> m) {
+                                     ASSERT_EQ(m.size(), 8u);
+                                     for (uint8_t& byte : m) byte = 0xCD;
+                                   })
+                  .ok());
   EXPECT_EQ(PreadAll(memfd, 100, 8), std::vector<uint8_t>(8, 0xCD));
   bool ran = false;
-  ASSERT_TRUE(table_.WithMappedRange(kPage, 4, false, [&](absl::Span<uint8_t> m) {
-    ran = true;
-    EXPECT_EQ(m[0], Pattern(kPage));
-  }).ok());
+  ASSERT_TRUE(table_
+                  .WithMappedRange(kPage, 4, false,
+                                   [&](absl::Span<uint8_t> m) {
+                                     ran = true;
+                                     EXPECT_EQ(m[0], Pattern(kPage));
+                                   })
+                  .ok());
   EXPECT_TRUE(ran);
   auto never = [](absl::Span<uint8_t>) { ADD_FAILURE() << "must not run"; };
   // Crossing into another map (not one host mapping), FILE_IO, unmapped.
   EXPECT_EQ(ErrnoOf(table_.WithMappedRange(2 * kPage - 1, 2, false, never)),
             EFAULT);
-  EXPECT_EQ(ErrnoOf(table_.WithMappedRange(3 * kPage, 2, false, never)), EFAULT);
-  EXPECT_EQ(ErrnoOf(table_.WithMappedRange(9 * kPage, 2, false, never)), EFAULT);
+  EXPECT_EQ(ErrnoOf(table_.WithMappedRange(3 * kPage, 2, false, never)),
+            EFAULT);
+  EXPECT_EQ(ErrnoOf(table_.WithMappedRange(9 * kPage, 2, false, never)),
+            EFAULT);
   EXPECT_EQ(ErrnoOf(table_.WithMappedRange(0, 0, false, never)), EINVAL);
 }
 
 TEST_F(DmaTableTest, FileIoMap) {
   UniqueFd memfd = MakeMemfd(4 * kPage);
   // FILE_IO does not need a page-aligned offset.
-  ASSERT_TRUE(table_.Map(Req(0, kPage, kRW | kDmaMapFlagFileIoLvu, 100),
-                         Dup(memfd)).ok());
+  ASSERT_TRUE(
+      table_.Map(Req(0, kPage, kRW | kDmaMapFlagFileIoLvu, 100), Dup(memfd))
+          .ok());
   std::vector<uint8_t> got(4);
   ASSERT_TRUE(table_.Read(10, absl::MakeSpan(got)).ok());
   EXPECT_EQ(got[0], Pattern(110));
@@ -462,7 +480,8 @@ TEST(DmaTableConcurrencyTest, AccessRacesWithUnmap) {
   auto writer = [&] {
     const uint8_t byte = Pattern(5 * kPage);  // rewrite the same value
     while (!stop.load()) {
-      absl::Status s = table.Write(kIova + 5 * kPage, absl::MakeConstSpan(&byte, 1));
+      absl::Status s =
+          table.Write(kIova + 5 * kPage, absl::MakeConstSpan(&byte, 1));
       if (!s.ok() && ErrnoOf(s) != EFAULT) bad.fetch_add(1);
     }
   };
@@ -533,7 +552,8 @@ TEST_F(DmaTableTest, LoggingExplicitRanges) {
   table_.MarkDirty(10 * kPage + 1, 1);
   // Zero-copy writes are logged too.
   ASSERT_TRUE(
-      table_.WithMappedRange(7 * kPage, 1, true, [](absl::Span<uint8_t>) {}).ok());
+      table_.WithMappedRange(7 * kPage, 1, true, [](absl::Span<uint8_t>) {})
+          .ok());
 
   // The report spans both logged ranges.
   auto bitmap = table_.Report(0, 16 * kPage, kPage);
@@ -563,9 +583,8 @@ TEST_F(DmaTableTest, LoggingReportGranularity) {
   auto bitmap = table_.Report(0, 256 * kPage, 4 * kPage);
   ASSERT_TRUE(bitmap.ok());
   ASSERT_EQ(bitmap->size(), 1u);
-  EXPECT_EQ((*bitmap)[0],
-            (uint64_t{1} << 0) | (uint64_t{1} << 17) | (uint64_t{1} << 18) |
-                (uint64_t{1} << 50));
+  EXPECT_EQ((*bitmap)[0], (uint64_t{1} << 0) | (uint64_t{1} << 17) |
+                              (uint64_t{1} << 18) | (uint64_t{1} << 50));
 
   // A bitmap of more than one word: 130 pages -> 3 words.
   table_.MarkDirty(129 * kPage, 1);
@@ -606,7 +625,8 @@ TEST_F(DmaTableTest, LoggingEverythingFollowsMaps) {
   ASSERT_TRUE(table_.Map(Req(0x200000, 4 * kPage), UniqueFd()).ok());
 
   const uint8_t b = 7;
-  ASSERT_TRUE(table_.Write(0x100000 + 2 * kPage, absl::MakeConstSpan(&b, 1)).ok());
+  ASSERT_TRUE(
+      table_.Write(0x100000 + 2 * kPage, absl::MakeConstSpan(&b, 1)).ok());
   table_.MarkDirty(0x200000 + 3 * kPage, 1);
   table_.MarkDirty(0x900000, 1);  // unmapped: nothing to log
 
@@ -677,13 +697,17 @@ TEST(DmaTableResourceTest, FdsAndMappingsAreReleased) {
     UniqueFd memfd = MakeMemfd(8 * kPage);
     DmaTable table(64, kPage);
     for (uint64_t i = 0; i < 8; ++i) {
-      ASSERT_TRUE(table.Map(Req(i * kPage, kPage, kRW, i * kPage), Dup(memfd)).ok());
+      ASSERT_TRUE(
+          table.Map(Req(i * kPage, kPage, kRW, i * kPage), Dup(memfd)).ok());
     }
-    ASSERT_TRUE(table.Map(Req(100 * kPage, kPage, kRW | kDmaMapFlagFileIoLvu),
-                          Dup(memfd)).ok());
+    ASSERT_TRUE(table
+                    .Map(Req(100 * kPage, kPage, kRW | kDmaMapFlagFileIoLvu),
+                         Dup(memfd))
+                    .ok());
     // Rejected maps close their fd too.
     EXPECT_FALSE(table.Map(Req(0, kPage), Dup(memfd)).ok());
-    EXPECT_FALSE(table.Map(Req(200 * kPage, kPage, kRW, 64 * kPage), Dup(memfd)).ok());
+    EXPECT_FALSE(
+        table.Map(Req(200 * kPage, kPage, kRW, 64 * kPage), Dup(memfd)).ok());
     EXPECT_EQ(OpenFdCount(), baseline + 1 + 9);
     ASSERT_TRUE(table.Unmap(0, kPage).ok());
     EXPECT_EQ(OpenFdCount(), baseline + 1 + 8);

@@ -15,9 +15,9 @@
 namespace vfio_user {
 namespace {
 
-constexpr uint32_t kMaxVectors[kPciNumIrqs] = {
-    kMaxIntxVectors, kMaxMsiVectors, kMaxMsixVectors, kMaxErrVectors,
-    kMaxReqVectors};
+constexpr uint32_t kMaxVectors[kPciNumIrqs] = {kMaxIntxVectors, kMaxMsiVectors,
+                                               kMaxMsixVectors, kMaxErrVectors,
+                                               kMaxReqVectors};
 
 bool IsSingleBit(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
@@ -159,7 +159,8 @@ absl::Status IrqController::SetIrqs(const vfio_user::SetIrqs& request,
   if (request.count == 0) {
     if (request.start != 0 || data != kIrqSetDataNone ||
         action != kIrqSetActionTrigger) {
-      return Invalid("count 0 is only valid as DATA_NONE|ACTION_TRIGGER, start 0");
+      return Invalid(
+          "count 0 is only valid as DATA_NONE|ACTION_TRIGGER, start 0");
     }
     return DisableAll(index);
   }
@@ -173,8 +174,8 @@ absl::Status IrqController::SetIrqs(const vfio_user::SetIrqs& request,
   }
   if (data == kIrqSetDataEventfd && !fds.empty() &&
       fds.size() != request.count) {
-    return Invalid(absl::StrCat(fds.size(), " fds for ", request.count,
-                                " vectors"));
+    return Invalid(
+        absl::StrCat(fds.size(), " fds for ", request.count, " vectors"));
   }
 
   switch (action) {

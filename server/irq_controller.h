@@ -173,7 +173,7 @@ class IrqController {
   // driver and libvfio-user keep it across VFIO_DEVICE_RESET; a device must
   // not raise MSI/MSI-X until the guest re-enables them in config space.
   // For "disable everything" (e.g. a reset on lost connection) call
-  // ReleaseClientResources() as well.
+  // ReleaseClientResources() as well. Does not call on_mask_change.
   void Reset();
 
   // ---- Device side (any thread) ----
@@ -262,8 +262,7 @@ class IrqController {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Signals and auto-masks INTx if the line is asserted, INTx unmasked and
   // wired.
-  void EvaluateIntxLocked(SignalList* out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvaluateIntxLocked(SignalList* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unmasks an MSI/MSI-X vector; fires it if pending. Returns whether the
   // mask bit changed.
   bool UnmaskEdgeLocked(uint32_t index, Vector& v, SignalList* out)

@@ -187,9 +187,13 @@ void ExpectEinval(const absl::Status& status) {
 // ---- Creation and GET_IRQ_INFO ----
 
 TEST(IrqControllerCreateTest, RejectsImpossibleCounts) {
-  for (auto counts : std::vector<std::array<uint32_t, kPciNumIrqs>>{
-           {2, 0, 0, 0, 0}, {0, 3, 0, 0, 0}, {0, 64, 0, 0, 0},
-           {0, 0, 2049, 0, 0}, {0, 0, 0, 2, 0}, {0, 0, 0, 0, 2}}) {
+  for (auto counts :
+       std::vector<std::array<uint32_t, kPciNumIrqs>>{{2, 0, 0, 0, 0},
+                                                      {0, 3, 0, 0, 0},
+                                                      {0, 64, 0, 0, 0},
+                                                      {0, 0, 2049, 0, 0},
+                                                      {0, 0, 0, 2, 0},
+                                                      {0, 0, 0, 0, 2}}) {
     IrqController::Config config;
     config.vector_counts = counts;
     EXPECT_FALSE(IrqController::Create(config).ok());
@@ -313,8 +317,7 @@ TEST_F(IrqControllerTest, QemuChunkedSetIrqs) {
 // vector 0, then wires vectors as the guest uses them.
 TEST_F(IrqControllerTest, QemuEnablesMsixWithOneUnusedSlot) {
   Make();
-  ASSERT_TRUE(
-      irqs_->SetIrqs(Req(kAssign, kPciMsixIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(irqs_->SetIrqs(Req(kAssign, kPciMsixIrqIndex, 0, 1), {}).ok());
   EXPECT_FALSE(irqs_->IsWired(kPciMsixIrqIndex, 0));
   std::vector<UniqueFd> fds = Wire(kPciMsixIrqIndex, 5, 1);
   ASSERT_TRUE(irqs_->Trigger(kPciMsixIrqIndex, 5).ok());
@@ -324,12 +327,11 @@ TEST_F(IrqControllerTest, QemuEnablesMsixWithOneUnusedSlot) {
 TEST_F(IrqControllerTest, DisableAllClosesEveryTriggerFdOfTheIndex) {
   Make();
   const int baseline = OpenFdCount();
-  {
-    std::vector<UniqueFd> msix = Wire(kPciMsixIrqIndex, 0, 20);
-  }
+  { std::vector<UniqueFd> msix = Wire(kPciMsixIrqIndex, 0, 20); }
   std::vector<UniqueFd> msi = Wire(kPciMsiIrqIndex, 0, 4);
   EXPECT_EQ(OpenFdCount(), baseline + 20 + 8);
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 0, 0), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 0, 0), {}).ok());
   EXPECT_EQ(OpenFdCount(), baseline + 8);
   for (uint32_t v = 0; v < 20; ++v) {
     EXPECT_FALSE(irqs_->IsWired(kPciMsixIrqIndex, v));
@@ -361,27 +363,31 @@ TEST_F(IrqControllerTest, ClientEventfdsAreMadeNonBlockingAndSaturationIsOk) {
 TEST_F(IrqControllerTest, ClientTriggersWithDataNoneAndDataBool) {
   Make();
   std::vector<UniqueFd> fds = Wire(kPciMsixIrqIndex, 0, 4);
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kIrqSetDataBool | kIrqSetActionTrigger,
-                                 kPciMsixIrqIndex, 1, 3, {1, 0, 1}),
-                             {})
+  ASSERT_TRUE(irqs_
+                  ->SetIrqs(Req(kIrqSetDataBool | kIrqSetActionTrigger,
+                                kPciMsixIrqIndex, 1, 3, {1, 0, 1}),
+                            {})
                   .ok());
   EXPECT_EQ(ReadCount(fds[0]), 0u);
   EXPECT_EQ(ReadCount(fds[1]), 1u);
   EXPECT_EQ(ReadCount(fds[2]), 0u);
   EXPECT_EQ(ReadCount(fds[3]), 1u);
 
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 0, 2), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 0, 2), {}).ok());
   EXPECT_EQ(ReadCount(fds[0]), 1u);
   EXPECT_EQ(ReadCount(fds[1]), 1u);
 
   // Masking applies to client-raised interrupts too.
   ASSERT_TRUE(irqs_->SetIrqs(Req(kMaskNone, kPciMsixIrqIndex, 0, 1), {}).ok());
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 0, 1), {}).ok());
   EXPECT_EQ(ReadCount(fds[0]), 0u);
   EXPECT_TRUE(irqs_->IsPending(kPciMsixIrqIndex, 0));
 
   // Unwired vectors are counted, the request still succeeds.
-  EXPECT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 10, 1), {}).ok());
+  EXPECT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciMsixIrqIndex, 10, 1), {}).ok());
   EXPECT_EQ(irqs_->Counters(kPciMsixIrqIndex).dropped, 1u);
 }
 
@@ -405,9 +411,10 @@ TEST_F(IrqControllerTest, ClientMaskMakesPendingAndUnmaskFires) {
   // Masking again changes nothing (no second notification).
   ASSERT_TRUE(irqs_->SetIrqs(Req(kMaskNone, kPciMsixIrqIndex, 1, 1), {}).ok());
 
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kIrqSetDataBool | kIrqSetActionUnmask,
-                                 kPciMsixIrqIndex, 1, 2, {1, 1}),
-                             {})
+  ASSERT_TRUE(irqs_
+                  ->SetIrqs(Req(kIrqSetDataBool | kIrqSetActionUnmask,
+                                kPciMsixIrqIndex, 1, 2, {1, 1}),
+                            {})
                   .ok());
   EXPECT_EQ(ReadCount(fds[1]), 1u);  // one message for the pending bit
   EXPECT_EQ(ReadCount(fds[2]), 0u);  // nothing was pending
@@ -419,9 +426,10 @@ TEST_F(IrqControllerTest, ClientMaskMakesPendingAndUnmaskFires) {
                                     {kPciMsixIrqIndex, 2, false}}));
 
   // DATA_BOOL only acts where the byte is set.
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kIrqSetDataBool | kIrqSetActionMask,
-                                 kPciMsiIrqIndex, 0, 4, {0, 1, 0, 0}),
-                             {})
+  ASSERT_TRUE(irqs_
+                  ->SetIrqs(Req(kIrqSetDataBool | kIrqSetActionMask,
+                                kPciMsiIrqIndex, 0, 4, {0, 1, 0, 0}),
+                            {})
                   .ok());
   for (uint32_t v = 0; v < 4; ++v) {
     EXPECT_EQ(irqs_->IsMasked(kPciMsiIrqIndex, v), v == 1);
@@ -476,14 +484,16 @@ TEST_F(IrqControllerTest, IntxIsLevelTriggeredAndAutomasked) {
   EXPECT_EQ(ReadCount(trigger[0]), 0u);
 
   // Unmask while still asserted: signal again, masked again.
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kUnmaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
   EXPECT_EQ(ReadCount(trigger[0]), 1u);
   EXPECT_TRUE(irqs_->IsMasked(kPciIntxIrqIndex, 0));
 
   // Deassert, then unmask: no signal, stays unmasked.
   irqs_->SetIntxLevel(false);
   EXPECT_FALSE(irqs_->IntxAsserted());
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kUnmaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
   EXPECT_EQ(ReadCount(trigger[0]), 0u);
   EXPECT_FALSE(irqs_->IsMasked(kPciIntxIrqIndex, 0));
 
@@ -491,7 +501,8 @@ TEST_F(IrqControllerTest, IntxIsLevelTriggeredAndAutomasked) {
   ASSERT_TRUE(irqs_->SetIrqs(Req(kMaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
   irqs_->SetIntxLevel(true);
   EXPECT_EQ(ReadCount(trigger[0]), 0u);
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kUnmaskNone, kPciIntxIrqIndex, 0, 1), {}).ok());
   EXPECT_EQ(ReadCount(trigger[0]), 1u);
   EXPECT_EQ(irqs_->Counters(kPciIntxIrqIndex).delivered, 3u);
   EXPECT_EQ(irqs_->Counters(kPciIntxIrqIndex).masked, 1u);
@@ -513,9 +524,9 @@ TEST_F(IrqControllerTest, IntxUnmaskThroughTheResampleEventfd) {
   UniqueFd resample = MakeEventfd();
   std::vector<UniqueFd> given;
   given.push_back(Dup(resample));
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                             std::move(given))
-                  .ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given))
+          .ok());
   EXPECT_TRUE(irqs_->HasIntxUnmaskFd());
   const int watched = watcher_.WatchedFd();
   ASSERT_GE(watched, 0);
@@ -544,9 +555,9 @@ TEST_F(IrqControllerTest, IntxUnmaskThroughTheResampleEventfd) {
   UniqueFd resample2 = MakeEventfd();
   given.clear();
   given.push_back(Dup(resample2));
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                             std::move(given))
-                  .ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given))
+          .ok());
   EXPECT_FALSE(IsOpen(watched));
   EXPECT_EQ(watcher_.watched(), 1u);
 
@@ -563,8 +574,8 @@ TEST_F(IrqControllerTest, IntxUnmaskFdNeedsAWatcher) {
   Make(/*maskable=*/true, /*with_watcher=*/false);
   std::vector<UniqueFd> given;
   given.push_back(MakeEventfd());
-  ExpectEinval(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                              std::move(given)));
+  ExpectEinval(
+      irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given)));
 }
 
 TEST_F(IrqControllerTest, IntxDisableAllClosesTriggerAndUnmaskFds) {
@@ -574,13 +585,14 @@ TEST_F(IrqControllerTest, IntxDisableAllClosesTriggerAndUnmaskFds) {
     std::vector<UniqueFd> trigger = Wire(kPciIntxIrqIndex, 0, 1);
     std::vector<UniqueFd> given;
     given.push_back(MakeEventfd());
-    ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                               std::move(given))
-                    .ok());
+    ASSERT_TRUE(
+        irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given))
+            .ok());
     irqs_->SetIntxLevel(true);  // fires and auto-masks
   }
   EXPECT_TRUE(irqs_->IsMasked(kPciIntxIrqIndex, 0));
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciIntxIrqIndex, 0, 0), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciIntxIrqIndex, 0, 0), {}).ok());
   EXPECT_EQ(OpenFdCount(), baseline);
   EXPECT_EQ(watcher_.watched(), 0u);
   EXPECT_FALSE(irqs_->IsMasked(kPciIntxIrqIndex, 0));
@@ -593,10 +605,12 @@ TEST_F(IrqControllerTest, IntxDisableAllClosesTriggerAndUnmaskFds) {
 TEST_F(IrqControllerTest, IntxClientTriggerIsOnePulse) {
   Make();
   std::vector<UniqueFd> trigger = Wire(kPciIntxIrqIndex, 0, 1);
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciIntxIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciIntxIrqIndex, 0, 1), {}).ok());
   EXPECT_EQ(ReadCount(trigger[0]), 1u);
   EXPECT_TRUE(irqs_->IsMasked(kPciIntxIrqIndex, 0));
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kTriggerNone, kPciIntxIrqIndex, 0, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kTriggerNone, kPciIntxIrqIndex, 0, 1), {}).ok());
   EXPECT_EQ(ReadCount(trigger[0]), 0u);  // masked until unmasked
   EXPECT_FALSE(irqs_->IntxAsserted());
 }
@@ -656,15 +670,16 @@ TEST_F(IrqControllerTest, EveryInvalidRequestIsEinvalAndClosesItsFds) {
        Req(kIrqSetDataBool | kIrqSetActionTrigger, kPciMsixIrqIndex, 0, 0), 0},
       {"count 0 with mask", Req(kMaskNone, kPciMsixIrqIndex, 0, 0), 0},
       {"range past the end", Req(kAssign, kPciMsixIrqIndex, 19, 2), 0},
-      {"range wraps u32", Req(kTriggerNone, kPciMsixIrqIndex, 0xffffffffu, 2), 0},
+      {"range wraps u32", Req(kTriggerNone, kPciMsixIrqIndex, 0xffffffffu, 2),
+       0},
       {"intx count 2", Req(kAssign, kPciIntxIrqIndex, 0, 2), 0},
-      {"fds without DATA_EVENTFD", Req(kTriggerNone, kPciMsixIrqIndex, 0, 1), 1},
+      {"fds without DATA_EVENTFD", Req(kTriggerNone, kPciMsixIrqIndex, 0, 1),
+       1},
       {"fds with MASK/NONE", Req(kMaskNone, kPciMsixIrqIndex, 0, 1), 1},
       {"fewer fds than count", Req(kAssign, kPciMsixIrqIndex, 0, 3), 2},
       {"more fds than count", Req(kAssign, kPciMsixIrqIndex, 0, 1), 2},
       {"bools size mismatch",
-       Req(kIrqSetDataBool | kIrqSetActionTrigger, kPciMsixIrqIndex, 0, 2,
-           {1}),
+       Req(kIrqSetDataBool | kIrqSetActionTrigger, kPciMsixIrqIndex, 0, 2, {1}),
        0},
       {"MASK with eventfd",
        Req(kIrqSetDataEventfd | kIrqSetActionMask, kPciIntxIrqIndex, 0, 1), 1},
@@ -680,7 +695,8 @@ TEST_F(IrqControllerTest, EveryInvalidRequestIsEinvalAndClosesItsFds) {
     EXPECT_EQ(ErrnoOf(status), EINVAL) << c.name << ": " << status;
     EXPECT_EQ(OpenFdCount(), baseline) << c.name;
   }
-  for (uint32_t v = 0; v < 20; ++v) EXPECT_FALSE(irqs.IsWired(kPciMsixIrqIndex, v));
+  for (uint32_t v = 0; v < 20; ++v)
+    EXPECT_FALSE(irqs.IsWired(kPciMsixIrqIndex, v));
   EXPECT_EQ(watcher_.watched(), 0u);
 }
 
@@ -693,15 +709,15 @@ TEST_F(IrqControllerTest, NonEventfdsAreRejectedAndNothingChanges) {
   std::vector<UniqueFd> given;
   given.push_back(MakeEventfd());
   given.push_back(UniqueFd(pipe_fds[1]));  // a pipe could raise SIGPIPE
-  ExpectEinval(irqs_->SetIrqs(Req(kAssign, kPciMsixIrqIndex, 0, 2),
-                              std::move(given)));
+  ExpectEinval(
+      irqs_->SetIrqs(Req(kAssign, kPciMsixIrqIndex, 0, 2), std::move(given)));
   ASSERT_TRUE(irqs_->Trigger(kPciMsixIrqIndex, 1).ok());
   EXPECT_EQ(ReadCount(wired[1]), 1u);  // old wiring intact
 
   given.clear();
   given.push_back(UniqueFd(::open("/dev/null", O_WRONLY | O_CLOEXEC)));
-  ExpectEinval(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                              std::move(given)));
+  ExpectEinval(
+      irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given)));
   EXPECT_EQ(watcher_.watched(), 0u);
 }
 
@@ -718,9 +734,9 @@ TEST_F(IrqControllerTest, ReleaseClientResourcesClosesEveryFdKeepsState) {
     std::vector<UniqueFd> e = Wire(kPciReqIrqIndex, 0, 1);
     std::vector<UniqueFd> given;
     given.push_back(MakeEventfd());
-    ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                               std::move(given))
-                    .ok());
+    ASSERT_TRUE(
+        irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given))
+            .ok());
   }
   EXPECT_EQ(OpenFdCount(), baseline + 28);
   ASSERT_TRUE(irqs_->SetIrqs(Req(kMaskNone, kPciMsixIrqIndex, 4, 1), {}).ok());
@@ -740,7 +756,8 @@ TEST_F(IrqControllerTest, ReleaseClientResourcesClosesEveryFdKeepsState) {
 
   // The next client wires up and gets the pending vector on unmask.
   std::vector<UniqueFd> next = Wire(kPciMsixIrqIndex, 4, 1);
-  ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskNone, kPciMsixIrqIndex, 4, 1), {}).ok());
+  ASSERT_TRUE(
+      irqs_->SetIrqs(Req(kUnmaskNone, kPciMsixIrqIndex, 4, 1), {}).ok());
   EXPECT_EQ(ReadCount(next[0]), 1u);
 }
 
@@ -751,9 +768,9 @@ TEST_F(IrqControllerTest, DestructorClosesAndUnwatches) {
     std::vector<UniqueFd> a = Wire(kPciMsixIrqIndex, 0, 3);
     std::vector<UniqueFd> given;
     given.push_back(MakeEventfd());
-    ASSERT_TRUE(irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1),
-                               std::move(given))
-                    .ok());
+    ASSERT_TRUE(
+        irqs_->SetIrqs(Req(kUnmaskFd, kPciIntxIrqIndex, 0, 1), std::move(given))
+            .ok());
   }
   irqs_.reset();
   EXPECT_EQ(OpenFdCount(), baseline);
@@ -816,8 +833,9 @@ TEST_F(IrqControllerTest, ConcurrentTriggersWhileRewiring) {
       case 1: {
         std::vector<UniqueFd> fds;
         for (uint32_t i = 0; i < kVectors; ++i) fds.push_back(MakeEventfd());
-        EXPECT_TRUE(irqs_->SetIrqs(Req(kAssign, kPciMsixIrqIndex, 0, kVectors),
-                                   std::move(fds))
+        EXPECT_TRUE(irqs_
+                        ->SetIrqs(Req(kAssign, kPciMsixIrqIndex, 0, kVectors),
+                                  std::move(fds))
                         .ok());
         break;
       }

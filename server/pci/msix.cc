@@ -34,7 +34,7 @@ absl::Status CheckAccess(uint64_t offset, size_t len, uint64_t area) {
     return ErrnoError(EINVAL, "MSI-X access out of range");
   }
   const bool natural = (len == 1 || len == 2 || len == 4 || len == 8) && offset % len == 0;
-  const bool bulk = len % 4 == 0 && offset % 4 == 0;
+  const bool bulk = len > 8 && len % 4 == 0 && offset % 4 == 0;
   if (!natural && !bulk) return ErrnoError(EINVAL, "misaligned MSI-X access");
   return absl::OkStatus();
 }

@@ -10,7 +10,8 @@
 //
 // Guest access rules: an access must lie inside the table (or the PBA) and be
 // a naturally aligned 1-, 2-, 4- or 8-byte access, or a dword-aligned bulk
-// access whose length is a multiple of 4; anything else fails with EINVAL.
+// access longer than 8 bytes whose length is a multiple of 4; anything else
+// fails with EINVAL.
 // Reserved bits (address bits 1:0, vector control bits 31:1) read 0 and
 // ignore writes. The PBA is read-only to the guest: writes are ignored.
 //
