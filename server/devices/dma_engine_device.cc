@@ -327,7 +327,8 @@ void DmaTestDevice::SubmitRingTail(uint32_t new_tail) {
 }
 
 void DmaTestDevice::StartWorkerIfNeeded() {
-  if (worker_.joinable()) return;
+  // Before the device is served (no loop to complete on) work stays queued.
+  if (worker_.joinable() || device_.loop() == nullptr) return;
   worker_ = std::thread([this] { WorkerMain(); });
 }
 
@@ -370,8 +371,8 @@ void DmaTestDevice::RaiseCompletionInterrupt(uint32_t vector) {
   }
 }
 
-bool DmaTestDevice::IntxMode() const {
-  const PciConfigSpace& config = const_cast<Device&>(device_).config();
+bool DmaTestDevice::IntxMode() {
+  const PciConfigSpace& config = device_.config();
   return !config.MsixEnabled() && !config.MsiEnabled();
 }
 
@@ -482,6 +483,7 @@ DmaTestDevice::Completion DmaTestDevice::ExecuteRingDescriptor(uint32_t index,
                                                                uint64_t generation) {
   uint8_t* slot = device_.RegionMemory(kDoorbellBar) + kRingOffset +
                   (index % kRingEntries) * kDescriptorSize;
+  // (The worker starts only once the device is served, memory allocated.)
   // One snapshot: the client may scribble on the slot meanwhile.
   std::array<uint8_t, kDescriptorSize> desc;
   std::memcpy(desc.data(), slot, desc.size());
@@ -595,8 +597,8 @@ absl::StatusOr<std::vector<uint8_t>> DmaTestDevice::SaveState() {
     w.U32(regs_.error_code);
     w.U32(regs_.error_errno);
     w.U32(regs_.completed_count);
+    // ring_next_ == ring_head here: nothing is in flight or completing.
     w.U32(regs_.ring_head);
-    w.U32(ring_next_);
     w.U32(ring_tail_);
     w.U32(static_cast<uint32_t>(queue_.size()));
     for (const Operation& op : queue_) {
@@ -621,7 +623,7 @@ absl::Status DmaTestDevice::LoadState(absl::Span<const uint8_t> state) {
   uint8_t* memory = device_.RegionMemory(kDoorbellBar);
   if (memory == nullptr) return ErrnoError(ENODEV, "dma-test: not served");
   StateReader r(state);
-  uint32_t magic = 0, format = 0, ring_next = 0, ring_tail = 0, queued = 0;
+  uint32_t magic = 0, format = 0, ring_tail = 0, queued = 0;
   Registers regs;
   r.U32(&magic);
   r.U32(&format);
@@ -642,7 +644,6 @@ absl::Status DmaTestDevice::LoadState(absl::Span<const uint8_t> state) {
   r.U32(&regs.error_errno);
   r.U32(&regs.completed_count);
   r.U32(&regs.ring_head);
-  r.U32(&ring_next);
   r.U32(&ring_tail);
   r.U32(&queued);
   if (!r.ok() || queued > kMaxQueuedOps) return malformed();
@@ -660,14 +661,13 @@ absl::Status DmaTestDevice::LoadState(absl::Span<const uint8_t> state) {
   r.Bytes(absl::MakeSpan(pages));
   if (!r.AtEnd()) return malformed();
   // Register values a running device could never hold.
-  const bool ring_consistent = ring_next - regs.ring_head <= kRingEntries &&
-                               ring_tail - ring_next <= kRingEntries &&
-                               ring_tail - regs.ring_head <= kRingEntries;
+  const bool ring_consistent = ring_tail - regs.ring_head <= kRingEntries;
   if ((regs.control & ~kControlWritable) != 0 ||
       (regs.last_status & ~(kStatusDone | kStatusError)) != 0 ||
       (regs.int_status & ~(kIntDone | kIntError)) != 0 || !ring_consistent) {
     return malformed();
   }
+  bool has_work = false;
   {
     absl::MutexLock lock(&mu_);
     if (in_flight_ || completions_posted_ != 0) {
@@ -675,20 +675,15 @@ absl::Status DmaTestDevice::LoadState(absl::Span<const uint8_t> state) {
     }
     CancelWorkLocked();
     queue_ = std::move(queue);
-    // Descriptors the source started but did not complete run again.
     ring_next_ = regs.ring_head;
     ring_tail_ = ring_tail;
+    has_work = !queue_.empty() || ring_next_ != ring_tail_;
   }
   regs_ = regs;
   std::memcpy(memory + kPageSize, pages.data(), pages.size());
   bus_master_.store(device_.config().BusMasterEnabled(), std::memory_order_release);
   UpdateIntx(/*force=*/true);
-  absl::MutexLock lock(&mu_);
-  if (!queue_.empty() || ring_next_ != ring_tail_) {
-    mu_.Unlock();
-    StartWorkerIfNeeded();
-    mu_.Lock();
-  }
+  if (has_work) StartWorkerIfNeeded();
   return absl::OkStatus();
 }
 

@@ -240,7 +240,7 @@ class DmaTestDevice {
   void ApplyCompletion(const Completion& c);
   void RaiseCompletionInterrupt(uint32_t vector);
   void UpdateIntx(bool force = false);
-  bool IntxMode() const;
+  bool IntxMode();  // neither MSI nor MSI-X enabled
 
   // Cancels queued and in-flight work (reset, disconnect, destruction).
   void CancelWorkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -278,7 +278,7 @@ class DmaTestDevice {
   uint32_t completions_posted_ ABSL_GUARDED_BY(mu_) = 0;  // not yet applied
   bool paused_ ABSL_GUARDED_BY(mu_) = false;  // migration STOP
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread worker_;  // started and joined on the loop thread
+  std::thread worker_;  // started on the loop thread, joined by the destructor
 
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
