@@ -329,7 +329,7 @@ class Client {
                          DeviceDescription* description);
   absl::Status ReplayJournal(Link& link, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(journal_mu_);
-  void StartReceiver(const std::shared_ptr<Link>& link, bool twin);
+  void StartReceiver(Link* link, bool twin);
   void ReceiveLoop(Link* link, bool twin);
   void ServeServerRequest(Link& link, bool twin, Message request,
                           std::vector<uint8_t>* buffer);
@@ -340,8 +340,6 @@ class Client {
   // Marks `link` lost (once): fails its requests, and if it is the current
   // link starts reconnection.
   void OnLinkLost(Link* link, const absl::Status& why);
-  // Shuts down `link`'s sockets and joins its receivers.
-  static void TearDown(Link& link);
 
   // ---- Requests ----
   // One request on one link, waiting up to `deadline` for the reply.
@@ -381,6 +379,8 @@ class Client {
   const ClientOptions options_;
   DmaSpace dma_space_;
   const std::shared_ptr<MappingRegistry> mappings_;
+
+  absl::Mutex close_mu_;  // serializes Close() calls
 
   // Serializes journal-changing requests with each other and with replay.
   // Lock order: journal_mu_ before mu_.

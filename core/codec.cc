@@ -110,7 +110,8 @@ absl::Status CheckCountAndTrailer(absl::string_view what, WireReader& r,
   if (count > limit) return OverLimit(what, "count", count, limit);
   const uint64_t want = trailer == Trailer::kNone ? 0 : count;
   if (r.remaining() != want || !r.ReadBytes(want, data)) {
-    return WrongLength(what, r.size(), r.position() + want);
+    return Invalid(what, absl::StrCat("payload is ", r.size(), " bytes, expected ",
+                                      r.position(), " + ", want));
   }
   return absl::OkStatus();
 }

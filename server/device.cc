@@ -330,7 +330,25 @@ absl::Status Device::MsixBarRead(uint32_t index, uint64_t offset,
 
 absl::Status Device::MsixBarWrite(uint32_t index, uint64_t offset,
                                   absl::Span<const uint8_t> in) {
-  return msix_->BarWrite(static_cast<int>(index), offset, in);
+  absl::Status st = msix_->BarWrite(static_cast<int>(index), offset, in);
+  if (!st.ok()) return st;
+  // Vectors whose Vector Control the guest wrote now follow the table's mask
+  // bit (even when the write did not change it, e.g. masking an entry that
+  // is masked at power-on).
+  const MsixLayout& layout = msix_->layout();
+  if (static_cast<int>(index) == layout.table_bar && offset >= layout.table_offset &&
+      offset - layout.table_offset < layout.table_bytes()) {
+    const uint64_t first = offset - layout.table_offset;
+    const uint64_t last = first + in.size() - 1;
+    for (uint64_t v = first / kPciMsixEntrySize; v <= last / kPciMsixEntrySize &&
+                                                 v < msix_mask_written_.size();
+         ++v) {
+      const uint64_t control = v * kPciMsixEntrySize + 12;
+      if (first <= control + 3 && last >= control) msix_mask_written_[v] = true;
+    }
+    ApplyMsixMasks();
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Device::RegionRead(uint32_t index, uint64_t offset,

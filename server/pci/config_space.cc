@@ -187,7 +187,7 @@ absl::Status PciConfigSpace::AddRom(uint32_t size) {
 
 // ---- Capabilities ----
 
-absl::StatusOr<uint16_t> PciConfigSpace::AppendCapability(uint8_t id, uint32_t length) {
+absl::StatusOr<uint16_t> PciConfigSpace::AppendCapability(uint8_t id, size_t length) {
   const uint16_t start = next_cap_free_;
   if (start + length > kPciConfigSpaceSize) {
     return ErrnoError(ENOSPC, absl::StrFormat("no room for capability %#x", id));
@@ -203,7 +203,7 @@ absl::StatusOr<uint16_t> PciConfigSpace::AppendCapability(uint8_t id, uint32_t l
 }
 
 absl::StatusOr<uint16_t> PciConfigSpace::AppendExtendedCapability(uint16_t id, uint8_t version,
-                                                                  uint32_t length) {
+                                                                  size_t length) {
   if (!is_express_size()) {
     return ErrnoError(EINVAL, "extended capabilities need the 4 KiB config space");
   }

@@ -30,12 +30,16 @@
 //   PciConfigSpace config(PciConfigSize::kExpress);
 //   config.SetIds({.vendor_id = 0x1af4, .device_id = 0x10f0, .class_code = 0xff0000});
 //   config.SetInterruptPin(PciIntxPin::kA);
-//   RETURN_IF_ERROR(config.AddBar(0, PciBar::Memory32(0x1000)));
-//   RETURN_IF_ERROR(config.AddPowerManagement().status());
-//   RETURN_IF_ERROR(config.AddMsix(layout).status());   // after its BARs
-//   RETURN_IF_ERROR(config.AddPciExpress({.flr = true}).status());
+//   // Each Add*() returns a status (or the capability offset): check it.
+//   config.AddBar(0, PciBar::Memory32(0x4000));
+//   config.AddPowerManagement();
+//   const MsixLayout layout = {.table_size = 4, .table_bar = 0, .table_offset = 0x2000,
+//                              .pba_bar = 0, .pba_offset = 0x3000};
+//   config.AddMsix(layout);  // after the BARs it lives in
+//   config.AddPciExpress({.flr = true});
+//   MsixTable msix(layout);
 //   config.callbacks().msix_control_changed = [&](bool on, bool masked) {
-//     msix_table.SetControl(on, masked);
+//     msix.SetControl(on, masked);
 //   };
 //
 // Thread-safety: not thread-safe. The device's event-loop thread owns it
@@ -259,9 +263,10 @@ class PciConfigSpace {
                     uint64_t rw1c_mask = 0);
   void MarkVolatile(uint32_t offset, int width, uint64_t bits);
   void UpdateCommandMask();
-  absl::StatusOr<uint16_t> AppendCapability(uint8_t id, uint32_t length);
+  // Reserve `length` bytes (header included) and link them into the list.
+  absl::StatusOr<uint16_t> AppendCapability(uint8_t id, size_t length);
   absl::StatusOr<uint16_t> AppendExtendedCapability(uint16_t id, uint8_t version,
-                                                    uint32_t length);
+                                                    size_t length);
   void FillBody(uint16_t start, absl::Span<const uint8_t> body,
                 absl::Span<const uint8_t> write_mask);
   uint16_t MsiRegister(uint16_t reg_32bit_layout) const;

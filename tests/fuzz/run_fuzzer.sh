@@ -79,6 +79,11 @@ crashes=$(find "${out}/crashes" -type f | wc -l)
 if [[ "${rc}" -ne 0 || "${crashes}" -ne 0 ]]; then
   echo "run_fuzzer.sh: FAILED (exit ${rc}, ${crashes} artifact(s) in ${out}/crashes)" >&2
   tail -n 60 "${out}/fuzz.log" >&2
+  # Under Bazel, $TEST_TMPDIR is deleted: keep the reproducers and the log in
+  # bazel-testlogs/tests/fuzz/codec_fuzz_smoke_test/test.outputs/.
+  if [[ -n "${TEST_UNDECLARED_OUTPUTS_DIR:-}" ]]; then
+    cp -r "${out}/crashes" "${out}/fuzz.log" "${TEST_UNDECLARED_OUTPUTS_DIR}/" || true
+  fi
   exit 1
 fi
 echo "run_fuzzer.sh: OK"
