@@ -218,6 +218,10 @@ struct Client::Link {
 
 // What one request sends.
 struct Client::OutgoingRequest {
+  explicit OutgoingRequest(Command command,
+                           absl::Span<const uint8_t> first = {},
+                           absl::Span<const uint8_t> second = {})
+      : cmd(command), part1(first), part2(second) {}
   Command cmd;
   absl::Span<const uint8_t> part1;
   absl::Span<const uint8_t> part2;
@@ -444,7 +448,7 @@ absl::StatusOr<std::shared_ptr<Client::Link>> Client::Establish(
   }
   StartReceiver(link.get(), /*twin=*/false);
 
-  absl::Status status = [&]() -> absl::Status {
+  absl::Status status = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
     absl::Status s = Negotiate(*link, deadline, description);
     if (!s.ok()) return s;
     s = FetchDeviceInfo(*link, deadline, description);

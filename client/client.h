@@ -396,7 +396,6 @@ class Client {
   DeviceDescription device_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<UniqueFd>> region_fds_ ABSL_GUARDED_BY(mu_);
   bool any_mappable_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t next_link_id_ ABSL_GUARDED_BY(mu_) = 0;
 
   struct AtomicCounters;
   const std::unique_ptr<AtomicCounters> counters_;

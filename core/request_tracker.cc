@@ -140,24 +140,26 @@ void RequestTracker::AbandonLocked(uint16_t msg_id) {
   const uint64_t sequence = ++abandon_sequence_;
   abandoned_[msg_id] = sequence;
   abandoned_fifo_.emplace_back(msg_id, sequence);
-  auto is_live = [this](const std::pair<uint16_t, uint64_t>& entry) {
-    auto it = abandoned_.find(entry.first);
-    return it != abandoned_.end() && it->second == entry.second;
-  };
   // Entries of ids whose late reply came (or that were abandoned again) are
   // stale; drop them in bulk before they outnumber the live ones.
   if (abandoned_fifo_.size() > 2 * options_.max_abandoned) {
     std::deque<std::pair<uint16_t, uint64_t>> live;
     for (const auto& entry : abandoned_fifo_) {
-      if (is_live(entry)) live.push_back(entry);
+      if (IsLiveAbandonmentLocked(entry)) live.push_back(entry);
     }
     abandoned_fifo_.swap(live);
   }
   while (abandoned_.size() > options_.max_abandoned) {
     const auto oldest = abandoned_fifo_.front();
     abandoned_fifo_.pop_front();
-    if (is_live(oldest)) abandoned_.erase(oldest.first);
+    if (IsLiveAbandonmentLocked(oldest)) abandoned_.erase(oldest.first);
   }
+}
+
+bool RequestTracker::IsLiveAbandonmentLocked(
+    const std::pair<uint16_t, uint64_t>& entry) const {
+  auto it = abandoned_.find(entry.first);
+  return it != abandoned_.end() && it->second == entry.second;
 }
 
 void RequestTracker::GiveUp(const std::shared_ptr<Slot>& slot,

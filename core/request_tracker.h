@@ -149,6 +149,9 @@ class RequestTracker {
                          absl::StatusOr<Message> result)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AbandonLocked(uint16_t msg_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True if the abandoned_fifo_ `entry` still describes a remembered id.
+  bool IsLiveAbandonmentLocked(const std::pair<uint16_t, uint64_t>& entry)
+      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Resolves `slot` with `failure` if it is still outstanding, abandoning
   // its id.
   void GiveUp(const std::shared_ptr<Slot>& slot, absl::Status failure)

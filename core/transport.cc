@@ -300,7 +300,10 @@ absl::StatusOr<std::optional<Message>> Connection::TakeBufferedMessage() {
     }
     Message msg = std::move(*in_large_);
     in_large_.reset();
-    AttachReceivedFds(in_large_offset_ + msg.header.msg_size, &msg);
+    const uint64_t end = in_large_offset_ + msg.header.msg_size;
+    AttachReceivedFds(end, &msg);
+    // The read-ahead buffer stayed empty meanwhile; it resumes after `msg`.
+    in_buf_offset_ = end;
     return std::optional<Message>(std::move(msg));
   }
 

@@ -72,6 +72,7 @@ Session::Session(Device* device, EventLoop* loop, UniqueFd socket,
 }
 
 Session::~Session() {
+  *alive_ = false;
   if (!closed_) Close(absl::CancelledError("session destroyed"));
 }
 
@@ -157,8 +158,8 @@ void Session::ReadMessages(Connection* conn) {
   // without waiting for a new edge (level-triggered epoll covers the socket;
   // bytes already in our buffer need an explicit re-run).
   if (!closed_ && conn->HasBufferedInput()) {
-    loop_->Post([this, conn] {
-      if (!closed_) ReadMessages(conn);
+    loop_->Post([this, conn, alive = alive_] {
+      if (*alive && !closed_) ReadMessages(conn);
     });
   }
 }

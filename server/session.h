@@ -139,6 +139,9 @@ class Session {
   uint16_t next_dma_msg_id_ = 1;
   absl::flat_hash_map<uint16_t, std::shared_ptr<PendingDma>> pending_dma_;
 
+  // Cleared by the destructor; guards callbacks posted to the loop.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
   // Migration state machine (DEVICE_FEATURE / MIG_DATA_*).
   MigrationState mig_state_ = MigrationState::kRunning;
   std::vector<uint8_t> mig_buffer_;

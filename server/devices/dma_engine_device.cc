@@ -24,7 +24,7 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the shared-memory status words are stored natively");
 
 // Operations move guest memory in chunks of this size; cancellation and Bus
-// Master Enable are checked between chunks.
+// Master Enable are checked before each chunk's read and write.
 constexpr uint32_t kChunkSize = 64 * 1024;
 
 // Migration state format.
@@ -546,17 +546,27 @@ void DmaTestDevice::RunOperation(const Operation& op, uint64_t generation,
       buffer[i] = static_cast<uint8_t>(op.fill_pattern >> (8 * (i % 4)));
     }
   }
+  // Checked before every guest-memory access: an access by message can
+  // take a while, and the operation must not write after a reset.
+  auto may_continue = [&]() {
+    if (Cancelled(generation)) return false;  // the completion is dropped anyway
+    if (!bus_master_.load(std::memory_order_acquire)) {
+      fail(kErrorBusMaster);
+      return false;
+    }
+    return true;
+  };
   uint32_t crc = 0;
   for (uint32_t done = 0; done < op.length;) {
-    if (Cancelled(generation)) return;  // the completion is dropped anyway
-    if (!bus_master_.load(std::memory_order_acquire)) return fail(kErrorBusMaster);
     const uint32_t n = std::min(op.length - done, kChunkSize);
     const absl::Span<uint8_t> chunk(buffer.data(), n);
     if (reads) {
+      if (!may_continue()) return;
       absl::Status st = device_.DmaRead(op.src + done, chunk);
       if (!st.ok()) return fail(kErrorReadFault, st);
     }
     if (writes) {
+      if (!may_continue()) return;
       absl::Status st = device_.DmaWrite(op.dst + done, chunk);
       if (!st.ok()) return fail(kErrorWriteFault, st);
     }

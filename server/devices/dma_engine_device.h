@@ -20,14 +20,16 @@
 //    operations: guest memory is touched only through Device::DmaRead/
 //    DmaWrite (checked against the map table; message-backed ranges need a
 //    round trip to the client, which the loop thread could not wait for).
-//    It works in 64 KiB chunks and checks between chunks that the
-//    operation was not cancelled and that Bus Master Enable is still set.
+//    It works in 64 KiB chunks and checks before every guest-memory access
+//    that the operation was not cancelled and that Bus Master Enable is
+//    still set.
 //  * Reset (DEVICE_RESET, FLR, CONTROL.SOFT_RESET) and client disconnect
 //    cancel everything: queued work is dropped and the operation in flight
-//    aborts at its next chunk boundary (so at most one chunk lands after the
-//    reset; after a disconnect none can: the maps are gone). Its result is
-//    discarded. The loop thread never waits for the worker: the worker may
-//    itself be waiting for the loop (DMA by message).
+//    stops before its next guest-memory access; its result is discarded.
+//    Only an access already under way (one chunk) can still complete after
+//    the reset returned; after a disconnect none can, the maps are gone.
+//    The loop thread never waits for the worker: the worker may itself be
+//    waiting for the loop (DMA by message).
 //  * The destructor stops and joins the worker. REQUIRES: it runs on the
 //    loop thread or after the loop stopped (as for Device). If an access by
 //    message is in flight at that moment, joining waits for it to time out
