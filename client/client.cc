@@ -56,6 +56,12 @@ bool IsRetriableConnectError(const absl::Status& status) {
 
 absl::Time Earliest(absl::Time a, absl::Time b) { return std::min(a, b); }
 
+// "message (strerror)" for logs.
+std::string ErrorText(const absl::Status& status) {
+  return absl::StrCat(status.message(), " (", std::strerror(ErrnoOf(status)),
+                      ")");
+}
+
 uint64_t LowestPageSize(uint64_t pgsizes) {
   // ClientValidateReply guarantees a bit >= 4096 and none below.
   return pgsizes == 0 ? kMinPageSize : (pgsizes & (~pgsizes + 1));
@@ -776,14 +782,14 @@ void Client::ReceiveLoop(Link* link, bool twin) {
     counters_->unexpected_messages.fetch_add(1);
     const bool loud = link->violations.fetch_add(1) < kLoudViolations;
     Log(loud ? LogLevel::kWarn : LogLevel::kDebug, kComponent, what,
-        {{"error", status.message()}, {"socket", twin ? "twin" : "main"}});
+        {{"error", ErrorText(status)}, {"socket", twin ? "twin" : "main"}});
   };
   for (;;) {
     absl::StatusOr<std::optional<Message>> received = conn.Receive();
     if (!received.ok()) {
       if (!link->lost.load()) {
         Log(LogLevel::kWarn, kComponent, "connection lost",
-            {{"error", received.status().message()},
+            {{"error", ErrorText(received.status())},
              {"socket", twin ? "twin" : "main"}});
       }
       OnLinkLost(link, received.status());
@@ -869,7 +875,7 @@ void Client::ServeServerRequest(Link& link, bool twin, Message request,
   if (!failure.ok()) {
     counters_->dma_errors.fetch_add(1);
     Log(LogLevel::kDebug, kComponent, "server request failed",
-        {{"cmd", CommandName(header.cmd)}, {"error", failure.message()}});
+        {{"cmd", CommandName(header.cmd)}, {"error", ErrorText(failure)}});
   }
   if (!sent.ok()) OnLinkLost(&link, sent);
 }
@@ -970,11 +976,11 @@ absl::StatusOr<std::shared_ptr<Client::Link>> Client::AwaitLink(
           counters_->timeouts.fetch_add(1);
           return ErrnoError(
               ETIMEDOUT, absl::StrCat("reconnection gave up: ",
-                                      state_.last_error.message()));
+                                      ErrorText(state_.last_error)));
         }
         return ErrnoError(ENOTCONN,
                           absl::StrCat("not connected (client failed): ",
-                                       state_.last_error.message()));
+                                       ErrorText(state_.last_error)));
       case ClientState::kReconnecting:
         break;
     }
@@ -990,7 +996,7 @@ absl::StatusOr<std::shared_ptr<Client::Link>> Client::AwaitLink(
       counters_->timeouts.fetch_add(1);
       return ErrnoError(ETIMEDOUT, absl::StrCat(
                                        "timed out waiting for the reconnect: ",
-                                       state_.last_error.message()));
+                                       ErrorText(state_.last_error)));
     }
   }
 }
@@ -1515,7 +1521,7 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
       Log(LogLevel::kError, kComponent, "reconnection gave up at the deadline",
           {{"socket", options_.socket_path},
            {"attempts", absl::StrCat(state_.attempt)},
-           {"last_error", state_.last_error.message()}});
+           {"last_error", ErrorText(state_.last_error)}});
       SetStateLocked(ClientState::kFailed);
       PublishLocked();
       return;
@@ -1553,7 +1559,7 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     state_.last_error = link.status();
     Log(LogLevel::kInfo, kComponent, "reconnect attempt failed",
         {{"attempt", absl::StrCat(state_.attempt)},
-         {"error", link.status().message()}});
+         {"error", ErrorText(link.status())}});
     PublishLocked();
     const absl::Time wake = std::min(absl::Now() + backoff, deadline);
     mu_.AwaitWithDeadline(

@@ -244,8 +244,8 @@ TEST(MalformedTruncated, EveryDecoderAtEveryShortLength) {
 TEST(MalformedTruncated, DmaWriteReplyOnly0_12Or16Bytes) {
   const Bytes full = Cat({U64(0x1000), U64(4)});
   for (size_t n = 0; n <= 24; ++n) {
-    Bytes p(n, 0);
-    std::memcpy(p.data(), full.data(), std::min(n, full.size()));
+    Bytes p(full.begin(), full.begin() + std::min(n, full.size()));
+    p.resize(n, 0);
     const int want = (n == 0 || n == 12 || n == 16) ? 0 : EINVAL;
     EXPECT_EQ(Err(DecodeDmaWriteReply(Span(p))), want) << n;
   }

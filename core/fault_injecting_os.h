@@ -48,9 +48,11 @@ class FaultInjectingOs final : public Os {
   // Caps each call in `dir` to at most `max_bytes` bytes; 0 removes the cap.
   void SetMaxBytesPerCall(Direction dir, size_t max_bytes);
 
-  // Makes `count` consecutive calls in `dir` return -1 with `err` without
-  // reaching the kernel. Without `at_byte` the storm starts with the next
-  // call; with it, with the first call that starts at stream byte `at_byte`.
+  // Makes `count` consecutive calls in `dir` return -1 with `err` (> 0)
+  // without reaching the kernel. Without `at_byte` the storm starts with the
+  // next call; with it, with the first call made once the stream has reached
+  // byte `at_byte` (earlier calls are shortened to stop exactly there).
+  // When several storms are due, the one scheduled first runs first.
   void InjectErrors(Direction dir, int err, int count,
                     std::optional<uint64_t> at_byte = std::nullopt);
 

@@ -18,7 +18,7 @@ struct RequestTracker::Slot {
   Callback callback;  // empty for a blocking request
   // Written once under the tracker's mutex; then read by the waiter.
   bool resolved = false;
-  absl::StatusOr<Message> result = absl::UnknownError("unresolved");
+  absl::StatusOr<Message> result;
   absl::CondVar resolved_cv;
 };
 
@@ -31,7 +31,7 @@ constexpr uint32_t kIdSpace = 1u << 16;
 // A callback with its argument, run once the tracker's mutex is released.
 struct RequestTracker::Delivery {
   Callback callback;
-  absl::StatusOr<Message> result = absl::UnknownError("unresolved");
+  absl::StatusOr<Message> result;
   void Run() {
     if (callback) callback(std::move(result));
   }

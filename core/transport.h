@@ -11,12 +11,17 @@
 // Receiving: whole messages, whatever their size: the reader buffers, loops
 // until msg_size bytes arrived, receives fds with MSG_CMSG_CLOEXEC, and marks
 // Message::fds_truncated when the peer sent more fds than max_fds_in (the
-// kernel drops the excess). EOF between messages is a clean close
-// (kUnavailable / ECONNRESET with message "peer closed"); EOF inside a message
-// is an error (EPIPE/ECONNRESET). A framing error (msg_size < 16, msg_size >
-// max_msg_size, bad Type bits) poisons the connection: the stream cannot be
-// resynchronised, so the owner sends a best-effort error reply using
-// last_bad_header() and closes.
+// kernel drops the excess; the transport closes the rest). Small messages
+// are read ahead through a reusable 64 KiB buffer (a burst costs one
+// recvmsg); larger ones are received straight into their payload. Fds are
+// given to the message holding the last byte of the recvmsg that brought
+// them: Linux ends a stream read right after the skb carrying fds, and peers
+// attach fds to the sendmsg that starts a message (as this class does).
+// EOF between messages is a clean close (kUnavailable / ECONNRESET with
+// message "peer closed", see IsPeerClosed); EOF inside a message is an error
+// (EPIPE). A framing error (msg_size < 16, msg_size > max_msg_size, bad Type
+// bits) poisons the receive side: the stream cannot be resynchronised, so the
+// owner sends a best-effort error reply using last_bad_header() and closes.
 //
 // Thread-safety: a Connection may be used by one sending thread and one
 // receiving thread at the same time; two concurrent senders (or receivers)
@@ -81,7 +86,9 @@ class Connection {
   // EINVAL when msg.fds exceeds max_fds_out, EPIPE/ECONNRESET when the peer
   // is gone, ETIMEDOUT (blocking mode) when the peer does not read in time.
   // In non-blocking mode an OK return may leave bytes queued (see
-  // HasPendingOutput); the fds are then kept open until sent.
+  // HasPendingOutput); the fds are then duplicated and kept until sent.
+  // Once a failure leaves part of a message sent (timeout, peer gone), the
+  // stream is broken and every later Send/FlushPending fails the same way.
   absl::Status Send(const Message& msg);
   // Gather form: header + up to two payload pieces without concatenating
   // (e.g. a 16-byte access header and the data), and borrowed fds.
