@@ -865,17 +865,19 @@ void Client::ServeServerRequest(Link& link, bool twin, Message request,
                                               CommandName(header.cmd)));
   }
 
+  // Counters are updated before the reply, so a peer that saw the reply
+  // sees them counted.
+  if (!failure.ok()) {
+    counters_->dma_errors.fetch_add(1);
+    Log(LogLevel::kDebug, kComponent, "server request failed",
+        {{"cmd", CommandName(header.cmd)}, {"error", ErrorText(failure)}});
+  }
   absl::Status sent;
   {
     absl::MutexLock lock(&send_mu);
     sent = failure.ok()
                ? SendReplyParts(conn, header, access_header, data)
                : SendErrorReply(conn, header, failure);
-  }
-  if (!failure.ok()) {
-    counters_->dma_errors.fetch_add(1);
-    Log(LogLevel::kDebug, kComponent, "server request failed",
-        {{"cmd", CommandName(header.cmd)}, {"error", ErrorText(failure)}});
   }
   if (!sent.ok()) OnLinkLost(&link, sent);
 }

@@ -118,7 +118,7 @@ TEST(PlanEventfdChunksTest, RunsOfValidOrUnusedCappedByMaxFds) {
   EXPECT_TRUE(chunks[2].fds.empty());  // de-assign
   EXPECT_EQ(chunks[5].fds, (std::vector<int>{15, 16}));
   EXPECT_TRUE(PlanEventfdChunks(0, {}, 8).empty());
-  EXPECT_EQ(PlanEventfdChunks(0, fds, 0).size(), 8u);  // 0 treated as 1
+  EXPECT_EQ(PlanEventfdChunks(0, fds, 0).size(), 10u);  // 0 treated as 1
 }
 
 TEST(IrqJournalTest, RecordsTriggersAndMasks) {

@@ -694,7 +694,7 @@ absl::StatusOr<v1::Idio16State> DeviceManager::SetIdio16Inputs(const std::string
   if (inputs > 0xffff) return FieldError("inputs", "at most 0xffff (16 lines)");
   if (mask.has_value() && *mask > 0xffff) return FieldError("mask", "at most 0xffff (16 lines)");
   WorkerCommand command;
-  SetIdio16Inputs* set = command.mutable_action()->mutable_set_idio16_inputs();
+  SetIdio16InputsAction* set = command.mutable_action()->mutable_set_idio16_inputs();
   set->set_inputs(inputs);
   set->set_mask(mask.value_or(0xffff));
   auto check = [](ManagedDevice& d) -> absl::Status {

@@ -103,6 +103,9 @@ void DeviceServer::OnAcceptable() {
       }
       return;
     }
+    // A client that hung up must not get its successor refused just because
+    // its EOF is still queued behind this accept.
+    if (session_) session_->ReapIfPeerGone();
     if (session_) {
       RefuseConnection(std::move(fd));
       continue;

@@ -1,6 +1,7 @@
 #include "server/session.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -111,6 +112,18 @@ void Session::Close(const absl::Status& why) {
   if (on_close_) on_close_(this, why);
 }
 
+bool Session::ReapIfPeerGone() {
+  if (closed_) return false;
+  pollfd p{conn_->fd(), POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+    // Drain whatever is left (bounded by the per-wakeup budget each round).
+    for (int i = 0; i < 1024 && !closed_; ++i) {
+      OnSocketEvent(conn_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+    }
+  }
+  return !closed_;
+}
+
 void Session::OnSocketEvent(Connection* conn, uint32_t events) {
   if (closed_) return;
   if (events & EPOLLOUT) {
@@ -137,7 +150,7 @@ void Session::ReadMessages(Connection* conn) {
   for (int i = 0; i < options_.max_messages_per_wakeup && !closed_; ++i) {
     absl::StatusOr<std::optional<Message>> got = conn->Receive();
     if (!got.ok()) {
-      if (auto bad = conn->last_bad_header(); bad && bad->is_command() &&
+      if (auto bad = conn->last_bad_header(); bad && !bad->is_reply() &&
                                               !bad->no_reply()) {
         // Best effort: tell the client why before closing.
         (void)conn->Send(MakeErrorReply(*bad, ErrnoOf(got.status())));

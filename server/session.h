@@ -77,6 +77,10 @@ class Session {
   absl::Status Start();
   // Closes the connection (idempotent). REQUIRES: loop thread.
   void Close(const absl::Status& why);
+  // If the client has hung up but its EOF has not been processed yet,
+  // processes what it sent and closes now (so a reconnecting client is not
+  // refused as a second client). Returns whether the session is still open.
+  bool ReapIfPeerGone();
 
   const PeerCredentials& peer() const { return peer_; }
   bool negotiated() const { return negotiated_; }

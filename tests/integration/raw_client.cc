@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -75,6 +76,24 @@ absl::Status RawClient::SendRaw(const Bytes& bytes) {
     }
     off += static_cast<size_t>(n);
   }
+  return absl::OkStatus();
+}
+
+absl::Status RawClient::SendRawWithFds(const Bytes& bytes, const std::vector<int>& fds) {
+  std::vector<uint8_t> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  iovec iov{const_cast<uint8_t*>(bytes.data()), bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  ssize_t n = ::sendmsg(conn_->fd(), &msg, MSG_NOSIGNAL);
+  if (n != static_cast<ssize_t>(bytes.size())) return ErrnoError(errno ? errno : EIO, "sendmsg");
   return absl::OkStatus();
 }
 

@@ -43,8 +43,10 @@ class RawClient {
   // failed status); a failed status means the connection broke.
   absl::StatusOr<Message> Call(Command cmd, const Bytes& payload,
                                std::vector<int> fds = {}, bool no_reply = false);
-  // Sends raw bytes as they are (for malformed-input tests).
+  // Sends raw bytes as they are (for malformed-input tests), optionally with
+  // fds on the same sendmsg — any number, ignoring the negotiated limit.
   absl::Status SendRaw(const Bytes& bytes);
+  absl::Status SendRawWithFds(const Bytes& bytes, const std::vector<int>& fds);
   // Waits for the next message (reply) or connection failure.
   absl::StatusOr<Message> Receive();
 

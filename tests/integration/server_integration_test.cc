@@ -179,7 +179,9 @@ TEST_F(ServerIntegrationTest, ThousandConnectDisconnectCyclesDoNotLeakFds) {
   }
   { auto c = Attach(idio_path_); ASSERT_NE(c, nullptr); ASSERT_TRUE(c->RegionRead(kIdioBar, 0, 1).ok()); }
   const int after = CountOpenFds(server_->pid());
-  EXPECT_EQ(after, before) << "server fds grew over 1000 connections";
+  // Both samples are taken with one client attached (and at most one
+  // previous session still being torn down), so a leak shows as growth.
+  EXPECT_LE(after, before) << "server fds grew over 1000 connections";
 }
 
 }  // namespace
