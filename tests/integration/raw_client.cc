@@ -42,6 +42,7 @@ absl::StatusOr<VersionPayload> RawClient::Negotiate(const std::string& json,
   v.major = 0;
   v.minor = minor;
   v.json = json;
+  dma_layout_ = minor == 0 ? DmaLayout::kQemuLegacy : DmaLayout::kSpec;
   auto reply = Call(Command::kVersion, EncodeVersion(v));
   if (!reply.ok()) return reply.status();
   if (reply->header.is_error()) {
@@ -173,20 +174,24 @@ absl::Status RawClient::ServeDmaRequest(Connection& conn, Message& req) {
            count <= mem->size() && addr - dma_window_.iova <= mem->size() - count;
   };
   if (req.command() == Command::kDmaRead) {
-    auto r = DecodeDmaReadRequest(ByteSpan(req.payload), limits);
+    auto r = DecodeDmaReadRequest(ByteSpan(req.payload), limits, dma_layout_);
     if (!r.ok() || !in_window(r->address, r->count)) {
       return conn.Send(MakeErrorReply(req.header, r.ok() ? EFAULT : ErrnoOf(r.status())));
     }
     ByteSpan data(mem->data() + (r->address - dma_window_.iova), r->count);
-    return conn.Send(MakeReply(req.header, EncodeDmaAccessWithData(r->address, data)));
+    return conn.Send(
+        MakeReply(req.header, EncodeDmaAccessWithData(r->address, data, dma_layout_)));
   }
   if (req.command() == Command::kDmaWrite) {
-    auto r = DecodeDmaWriteRequest(ByteSpan(req.payload), limits);
+    auto r = DecodeDmaWriteRequest(ByteSpan(req.payload), limits, dma_layout_);
     if (!r.ok() || !in_window(r->address, r->count)) {
       return conn.Send(MakeErrorReply(req.header, r.ok() ? EFAULT : ErrnoOf(r.status())));
     }
     std::memcpy(mem->data() + (r->address - dma_window_.iova), r->data.data(), r->count);
-    return conn.Send(MakeReply(req.header, EncodeDmaAccessHeader(r->address, r->count)));
+    // QEMU answers DMA_WRITE with a bare header; lvu-style peers echo 16 bytes.
+    return conn.Send(MakeReply(req.header, dma_layout_ == DmaLayout::kQemuLegacy
+                                               ? Bytes()
+                                               : EncodeDmaAccessHeader(r->address, r->count)));
   }
   return conn.Send(MakeErrorReply(req.header, ENOSYS));
 }

@@ -73,6 +73,9 @@ class RawClient {
   uint16_t next_id_ = 1;
   MessageDmaWindow dma_window_;
   uint64_t dma_requests_served_ = 0;
+  // Proposing 0.0 makes us look like QEMU, whose DMA_READ/WRITE use the 2020
+  // draft layout (PROTOCOL.md §3.10); we then answer in that layout too.
+  DmaLayout dma_layout_ = DmaLayout::kSpec;
   std::vector<UniqueFd> last_reply_fds_;
   int last_reply_fd_count_ = 0;
 };
