@@ -130,6 +130,70 @@ TEST_F(ServerIntegrationTest, Idio16OutputsKeptAcrossReconnect) {
   EXPECT_EQ((*c->RegionRead(kIdioBar, 0, 1))[0], 0);
 }
 
+// An input line changes outside the guest (SIGUSR1 makes the sample server
+// toggle line 0): with IRQs enabled the card raises INTx, the status register
+// says which bank changed, and clearing + UNMASK re-arms it.
+TEST_F(ServerIntegrationTest, Idio16InputChangeRaisesIntx) {
+  auto c = Attach(idio_path_);
+  ASSERT_NE(c, nullptr);
+  int trigger = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  SetIrqs irq;
+  irq.flags = kIrqSetDataEventfd | kIrqSetActionTrigger;
+  irq.index = kPciIntxIrqIndex;
+  irq.count = 1;
+  auto reply = c->Call(Command::kDeviceSetIrqs, EncodeSetIrqs(irq), {trigger});
+  ASSERT_TRUE(reply.ok());
+  ASSERT_FALSE(reply->header.is_error());
+  auto wait_irq = [&] {
+    for (int i = 0; i < 1000; ++i) {
+      uint64_t n;
+      if (::read(trigger, &n, 8) == 8) return true;
+      ::usleep(2000);
+    }
+    return false;
+  };
+  // SIGUSR1 is asynchronous: wait until the input register shows the toggle.
+  bool line0 = false;
+  auto toggle = [&] {
+    line0 = !line0;
+    if (::kill(server_->pid(), SIGUSR1) != 0) return false;
+    for (int i = 0; i < 1000; ++i) {
+      auto in = c->RegionRead(kIdioBar, 1, 1);
+      if (in.ok() && (((*in)[0] & 1) != 0) == line0) return true;
+      ::usleep(2000);
+    }
+    return false;
+  };
+  uint64_t n;
+  // IRQs disabled (power-on): a change raises nothing.
+  ASSERT_TRUE(toggle());
+  EXPECT_NE(::read(trigger, &n, 8), 8);
+  // Enable IRQs (reading register 2), then toggle the line again.
+  ASSERT_TRUE(c->RegionRead(kIdioBar, 2, 1).ok());
+  ASSERT_TRUE(toggle());
+  ASSERT_TRUE(wait_irq());
+  auto status = c->RegionRead(kIdioBar, 6, 1);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ((*status)[0] & 0x5, 0x5) << "bank 0 changed, interrupt pending";
+  // The Interrupt Status bit of the config space mirrors the line.
+  EXPECT_TRUE(*c->ConfigRead32(0x04) & (0x08u << 16));
+  // Clear (write register 1) and unmask: no new interrupt.
+  ASSERT_TRUE(c->RegionWrite(kIdioBar, 1, {0}).ok());
+  SetIrqs unmask;
+  unmask.flags = kIrqSetDataNone | kIrqSetActionUnmask;
+  unmask.index = kPciIntxIrqIndex;
+  unmask.count = 1;
+  reply = c->Call(Command::kDeviceSetIrqs, EncodeSetIrqs(unmask));
+  ASSERT_TRUE(reply.ok());
+  ASSERT_FALSE(reply->header.is_error());
+  EXPECT_NE(::read(trigger, &n, 8), 8);
+  EXPECT_EQ((*c->RegionRead(kIdioBar, 6, 1))[0] & 0x4, 0);
+  // Next change interrupts again.
+  ASSERT_TRUE(toggle());
+  ASSERT_TRUE(wait_irq());
+  ::close(trigger);
+}
+
 TEST_F(ServerIntegrationTest, SecondClientRefusedWhileFirstContinues) {
   auto first = Attach(idio_path_);
   ASSERT_NE(first, nullptr);
