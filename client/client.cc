@@ -1558,7 +1558,11 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
       }
       return;
     }
-    state_.last_error = link.status();
+    // An attempt cut short by the deadline says less than the failure of
+    // the attempt before it: keep that one.
+    const bool cut_short = ErrnoOf(link.status()) == ETIMEDOUT &&
+                           absl::Now() >= deadline && state_.attempt > 1;
+    if (!cut_short) state_.last_error = link.status();
     Log(LogLevel::kInfo, kComponent, "reconnect attempt failed",
         {{"attempt", absl::StrCat(state_.attempt)},
          {"error", ErrorText(link.status())}});

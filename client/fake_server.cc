@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -20,9 +21,12 @@ namespace vfio_user {
 namespace testing {
 
 std::string TestSocketPath(const std::string& tag) {
+  // The PID alone is not unique: Bazel's sandbox runs every test process as
+  // the same PID in its own namespace, while /tmp is shared.
+  static const uint32_t nonce = std::random_device()();
   static std::atomic<int> counter{0};
-  return absl::StrCat("/tmp/vfu-", tag, ".", ::getpid(), ".", counter++,
-                      ".sock");
+  return absl::StrCat("/tmp/vfu-", tag, ".", ::getpid(), ".",
+                      absl::Hex(nonce), ".", counter++, ".sock");
 }
 
 FakeDeviceConfig DefaultDevice() {

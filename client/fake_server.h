@@ -197,7 +197,8 @@ class FakeServer {
   mutable absl::CondVar wait_cv_;
 };
 
-// A short per-test socket path: /tmp/vfu-<tag>.<pid>.<n>.sock
+// A short, unique per-test socket path:
+// /tmp/vfu-<tag>.<pid>.<random>.<n>.sock
 std::string TestSocketPath(const std::string& tag);
 
 }  // namespace testing

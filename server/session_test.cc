@@ -18,12 +18,14 @@
 #include "server/device_server.h"
 #include "server/event_loop.h"
 #include "tests/integration/raw_client.h"
+#include "tests/integration/subprocess.h"
 
 namespace vfio_user {
 namespace {
 
 using ::vfio_user::testing::MessageDmaWindow;
 using ::vfio_user::testing::RawClient;
+using ::vfio_user::testing::UniqueSocketPath;
 
 constexpr uint32_t kRegsBar = 0;
 constexpr uint32_t kMemBar = 2;
@@ -95,7 +97,7 @@ class TestDevice {
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = absl::StrCat("/tmp/vfu-st.", ::getpid(), ".sock");
+    path_ = UniqueSocketPath("vfu-st");
     auto loop = EventLoop::Create();
     ASSERT_TRUE(loop.ok());
     loop_ = std::move(*loop);

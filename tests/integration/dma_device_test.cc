@@ -31,7 +31,7 @@ constexpr uint64_t kMessageIova = 0x4000000;  // fd-less guest memory
 class DmaDeviceTest : public ::testing::TestWithParam<uint16_t> {
  protected:
   void SetUp() override {
-    path_ = absl::StrCat("/tmp/vfu-dd.", ::getpid(), ".sock");
+    path_ = UniqueSocketPath("vfu-dd");
     auto server = Subprocess::Start({RunfilePath("server/devices/vfio-user-sample-server"),
                                      "--idio16_socket=", absl::StrCat("--dma_socket=", path_)});
     ASSERT_TRUE(server.ok());

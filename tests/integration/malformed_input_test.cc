@@ -35,8 +35,8 @@ Bytes RawMessage(uint16_t id, uint16_t cmd, uint32_t msg_size, uint32_t flags,
 class MalformedInputTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    idio_path_ = new std::string(absl::StrCat("/tmp/vfu-mi.", ::getpid(), ".idio.sock"));
-    dma_path_ = new std::string(absl::StrCat("/tmp/vfu-mi.", ::getpid(), ".dma.sock"));
+    idio_path_ = new std::string(UniqueSocketPath("vfu-mi-idio"));
+    dma_path_ = new std::string(UniqueSocketPath("vfu-mi-dma"));
     auto server = Subprocess::Start({RunfilePath("server/devices/vfio-user-sample-server"),
                                      absl::StrCat("--idio16_socket=", *idio_path_),
                                      absl::StrCat("--dma_socket=", *dma_path_)});

@@ -29,7 +29,7 @@ constexpr char kQemuVersionJson[] =
 class QemuInteropTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = absl::StrCat("/tmp/vfu-qi.", ::getpid(), ".sock");
+    path_ = UniqueSocketPath("vfu-qi");
     auto server = Subprocess::Start({RunfilePath("server/devices/vfio-user-sample-server"),
                                      absl::StrCat("--idio16_socket=", path_),
                                      "--dma_socket="});

@@ -24,8 +24,8 @@ constexpr uint32_t kIdioBar = 2;
 class ServerIntegrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    idio_path_ = absl::StrCat("/tmp/vfu-it.", ::getpid(), ".idio.sock");
-    dma_path_ = absl::StrCat("/tmp/vfu-it.", ::getpid(), ".dma.sock");
+    idio_path_ = UniqueSocketPath("vfu-it-idio");
+    dma_path_ = UniqueSocketPath("vfu-it-dma");
     auto server = Subprocess::Start(
         {RunfilePath("server/devices/vfio-user-sample-server"),
          absl::StrCat("--idio16_socket=", idio_path_),

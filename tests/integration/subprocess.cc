@@ -4,11 +4,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <thread>
 #include <utility>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "core/errno_status.h"
 
@@ -20,6 +22,13 @@ std::string RunfilePath(const std::string& workspace_relative) {
   if (srcdir == nullptr) return workspace_relative;  // run by hand from the root
   return absl::StrCat(srcdir, "/", workspace ? workspace : "vfio_user", "/",
                       workspace_relative);
+}
+
+std::string UniqueSocketPath(const std::string& tag) {
+  static std::atomic<uint32_t> counter{0};
+  static const uint64_t seed = absl::Uniform<uint64_t>(absl::BitGen());
+  return absl::StrCat("/tmp/", tag, ".", ::getpid(), ".",
+                      absl::Hex((seed + counter++) & 0xffffffffu), ".sock");
 }
 
 absl::StatusOr<Subprocess> Subprocess::Start(std::vector<std::string> argv) {

@@ -17,6 +17,11 @@ namespace vfio_user::testing {
 // workspace-relative path (e.g. "server/devices/vfio-user-sample-server").
 std::string RunfilePath(const std::string& workspace_relative);
 
+// A socket path short enough for sun_path (/tmp/<tag>.<pid>.<random>.sock).
+// Sandboxed tests all see themselves as the same pid, so the random part
+// keeps concurrent test processes apart.
+std::string UniqueSocketPath(const std::string& tag);
+
 class Subprocess {
  public:
   // Starts `argv[0]` with `argv`; stdout/stderr go to the test log.
