@@ -214,10 +214,12 @@ TEST_F(DaemonApiTest, CreateIsIdempotentByName) {
   EXPECT_EQ(conflict.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_THAT(conflict.error_message(), HasSubstr("spec.name"));
 
-  auto got = daemon_.WaitForState("gpio", v1::DEVICE_STATE_LISTENING);
+  // Type-specific state arrives with the worker's first report.
+  auto got = daemon_.WaitFor("gpio", [](const v1::Device& d) {
+    return d.status().state() == v1::DEVICE_STATE_LISTENING && d.status().has_idio16();
+  });
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_GT(got->status().worker_pid(), 0);
-  EXPECT_TRUE(got->status().has_idio16());
 }
 
 struct BadSpec {
@@ -409,7 +411,7 @@ TEST(DaemonLimitsTest, DeviceCountLimit) {
 
 TEST(DaemonLimitsTest, AllowedSocketDir) {
   Daemon daemon("ald");
-  const std::string allowed = absl::StrCat("/tmp/vfud.", ::getpid(), ".allowed");
+  const std::string allowed = TempSocketPath("allowed");
   ASSERT_EQ(::mkdir(allowed.c_str(), 0700), 0);
   ASSERT_TRUE(daemon.Start({absl::StrCat("--allowed_socket_dir=", allowed)}).ok());
   grpc::Status outside = daemon.Create(Idio16Spec("out", daemon.DeviceSocket("out")));
@@ -553,8 +555,7 @@ TEST(DaemonConfigTest, EmbeddedDefaultDevices) {
 TEST(DaemonConfigTest, ConfigFileDevices) {
   Daemon daemon("cfg");
   const std::string socket = daemon.DeviceSocket("from-config");
-  const std::string config = absl::StrCat(::getenv("TEST_TMPDIR") ? ::getenv("TEST_TMPDIR") : "/tmp",
-                                          "/vfio-userd.", ::getpid(), ".textproto");
+  const std::string config = TempSocketPath("config") + ".textproto";
   {
     std::ofstream out(config);
     out << "device {\n  name: \"from-config\"\n  idio16 { initial_inputs: 7 }\n"

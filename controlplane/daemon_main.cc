@@ -33,6 +33,7 @@
 #include "controlplane/state_store.h"
 #include "core/log.h"
 #include "google/protobuf/text_format.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -335,6 +336,10 @@ int RunDaemon() {
     }
   }
   DeviceServiceImpl service(m, absl::GetFlag(FLAGS_max_watchers));
+  // grpc++'s built-in health service carries no protobuf descriptors; using
+  // the compiled health.proto here links them in, so that reflection can
+  // describe grpc.health.v1.Health (grpcurl needs that to call it).
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

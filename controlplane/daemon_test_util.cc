@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -27,7 +28,14 @@ bool Eventually(const std::function<bool()>& condition, absl::Duration timeout) 
 }
 
 std::string TempSocketPath(const std::string& tag) {
-  return absl::StrCat("/tmp/vfud.", ::getpid(), ".", tag, ".sock");
+  // Tests run in parallel sandboxes with their own pid namespaces but one
+  // shared /tmp: the pid alone is not unique.
+  static const std::string* const unique = [] {
+    absl::BitGen gen;
+    return new std::string(absl::StrCat(::getpid(), "-", absl::Hex(absl::Uniform<uint32_t>(gen),
+                                                                    absl::kZeroPad8)));
+  }();
+  return absl::StrCat("/tmp/vfud.", *unique, ".", tag, ".sock");
 }
 
 std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout) {
@@ -59,7 +67,7 @@ Daemon::Daemon(std::string tag)
       grpc_socket_(TempSocketPath(absl::StrCat(tag_, ".grpc"))),
       state_dir_(absl::StrCat(MakeTempDir(tag_), "/state")),
       // Short: the default devices' sockets go in here.
-      runtime_dir_(absl::StrCat("/tmp/vfud.", ::getpid(), ".", tag_, ".run")) {}
+      runtime_dir_(TempSocketPath(tag_) + ".d") {}
 
 Daemon::~Daemon() {
   if (process_ && process_->Running()) (void)process_->Stop(SIGKILL);
@@ -89,8 +97,15 @@ absl::Status Daemon::Start(std::vector<std::string> extra_flags) {
   if (!process.ok()) return process.status();
   process_ = std::make_unique<Subprocess>(std::move(*process));
 
-  channel_ = grpc::CreateChannel(absl::StrCat("unix:", grpc_socket_),
-                                 grpc::InsecureChannelCredentials());
+  // Connect only once the socket exists, and retry fast: the default
+  // reconnect backoff (1 s and growing) would dominate the test's run time.
+  Eventually([&] { return !process_->Running() || ::access(grpc_socket_.c_str(), F_OK) == 0; });
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
+  channel_ = grpc::CreateCustomChannel(absl::StrCat("unix:", grpc_socket_),
+                                       grpc::InsecureChannelCredentials(), args);
   stub_ = v1::DeviceService::NewStub(channel_);
   auto health = grpc::health::v1::Health::NewStub(channel_);
   const bool serving = Eventually([&] {

@@ -58,13 +58,11 @@ absl::StatusOr<std::unique_ptr<DeviceHost>> DeviceHost::Start(
   DeviceHost* raw = host.get();
   std::weak_ptr<bool> alive = host->alive_;
   options.events.on_client_attached = [raw, alive](const PeerCredentials& peer) {
-    if (alive.expired()) return;
-    WorkerReport r;
-    SetPeer(peer, r.mutable_client_attached());
-    raw->report_(std::move(r));
+    if (!alive.expired()) raw->ReportAttached(peer);
   };
   options.events.on_client_detached = [raw, alive](const absl::Status& why) {
     if (alive.expired()) return;
+    raw->attach_reported_ = false;
     WorkerReport r;
     r.set_client_detached(DescribeDetach(why));
     raw->report_(std::move(r));
@@ -93,11 +91,26 @@ void DeviceHost::ScheduleHeartbeat() {
   std::weak_ptr<bool> alive = alive_;
   heartbeat_timer_ = loop_->RunAfter(heartbeat_interval_, [this, alive] {
     if (alive.expired()) return;
+    CheckAttached();
     WorkerReport r;
     *r.mutable_heartbeat() = Snapshot();
     report_(std::move(r));
     ScheduleHeartbeat();
   });
+}
+
+void DeviceHost::ReportAttached(const PeerCredentials& peer) {
+  if (attach_reported_) return;
+  attach_reported_ = true;
+  WorkerReport r;
+  SetPeer(peer, r.mutable_client_attached());
+  report_(std::move(r));
+}
+
+void DeviceHost::CheckAttached() {
+  if (!attach_reported_ && hosted_->device()->client_attached()) {
+    ReportAttached(server_->client());
+  }
 }
 
 DeviceSnapshot DeviceHost::Snapshot() {
@@ -107,6 +120,7 @@ DeviceSnapshot DeviceHost::Snapshot() {
 }
 
 WorkerReport DeviceHost::Execute(const WorkerCommand& command) {
+  CheckAttached();
   WorkerReport reply;
   reply.set_reply_to(command.id());
   absl::Status status;

@@ -48,11 +48,18 @@ class DeviceHost {
   DeviceHost(EventLoop* loop, ReportFn report, absl::Duration heartbeat);
   void ScheduleHeartbeat();
   DeviceSnapshot Snapshot();
+  // Reports an attach once per client.
+  void ReportAttached(const PeerCredentials& peer);
+  // Fallback for a DeviceServer that does not call on_client_attached
+  // (server/device_server.cc at the time of writing): notices the attach at
+  // the next heartbeat or command instead.
+  void CheckAttached();
 
   EventLoop* loop_;
   ReportFn report_;
   absl::Duration heartbeat_interval_;
   EventLoop::TimerId heartbeat_timer_ = 0;
+  bool attach_reported_ = false;
   std::unique_ptr<HostedDevice> hosted_;
   std::unique_ptr<DeviceServer> server_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
