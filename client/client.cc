@@ -56,6 +56,17 @@ bool IsRetriableConnectError(const absl::Status& status) {
 
 absl::Time Earliest(absl::Time a, absl::Time b) { return std::min(a, b); }
 
+// Exponential backoff between connection attempts, never below 1 ms (a
+// zero initial backoff would spin).
+absl::Duration InitialBackoff(const ReconnectPolicy& policy) {
+  return std::max(policy.initial_backoff, absl::Milliseconds(1));
+}
+absl::Duration NextBackoff(const ReconnectPolicy& policy,
+                           absl::Duration backoff) {
+  return std::min(backoff * 2, std::max(policy.max_backoff,
+                                        InitialBackoff(policy)));
+}
+
 // "message (strerror)" for logs.
 std::string ErrorText(const absl::Status& status) {
   return absl::StrCat(status.message(), " (", std::strerror(ErrnoOf(status)),
@@ -303,7 +314,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   const ClientOptions& opts = client->options_;
 
   const absl::Time give_up = absl::Now() + opts.connect_timeout;
-  absl::Duration backoff = opts.reconnect.initial_backoff;
+  absl::Duration backoff = InitialBackoff(opts.reconnect);
   for (;;) {
     DeviceDescription description;
     std::vector<UniqueFd> region_fds;
@@ -324,8 +335,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
       return link.status();
     }
     absl::SleepFor(std::min(backoff, give_up - absl::Now()));
-    backoff = std::min(backoff * 2, std::max(opts.reconnect.max_backoff,
-                                             opts.reconnect.initial_backoff));
+    backoff = NextBackoff(opts.reconnect, backoff);
   }
   Client* raw = client.get();
   client->manager_ = std::thread([raw] { raw->ManagerLoop(); });
@@ -1516,7 +1526,7 @@ void Client::ManagerLoop() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 
 void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const ReconnectPolicy& policy = options_.reconnect;
-  absl::Duration backoff = policy.initial_backoff;
+  absl::Duration backoff = InitialBackoff(policy);
   for (;;) {
     if (closing_) return;
     if (absl::Now() >= state_.reconnect_deadline) {
@@ -1573,8 +1583,7 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
             +[](Client* c) ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->closing_; },
             this),
         wake);
-    backoff = std::min(backoff * 2, std::max(policy.max_backoff,
-                                             policy.initial_backoff));
+    backoff = NextBackoff(policy, backoff);
   }
 }
 

@@ -377,7 +377,10 @@ int RunDaemon() {
       {{"signal", absl::StrCat(terminate_signal.load())}});
   server->GetHealthCheckService()->SetServingStatus(false);
   m->events().Shutdown();  // watchers return at once
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  // In-flight calls get a moment to finish. (grpc++ 1.51 also waits out the
+  // whole deadline while a client merely holds an idle connection, so keep
+  // it short.)
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
   server->Wait();
   m->Shutdown();
   if (!endpoint->unix_path.empty()) ::unlink(endpoint->unix_path.c_str());

@@ -225,6 +225,12 @@ absl::Status Device::SetupConfigCallbacks() {
       author_config_callbacks_.msix_control_changed(enabled, function_masked);
     }
   };
+  cb.command_changed = [this](uint16_t old_command, uint16_t new_command) {
+    if (irqs_) irqs_->SetIntxLevel(intx_level_ && !config_.IntxDisabled());
+    if (author_config_callbacks_.command_changed) {
+      author_config_callbacks_.command_changed(old_command, new_command);
+    }
+  };
   cb.function_level_reset = [this] {
     Reset(ResetReason::kFunctionLevel);
     if (author_config_callbacks_.function_level_reset) {
@@ -392,6 +398,7 @@ void Device::Reset(ResetReason reason) {
       {{"device", name_}, {"reason", ResetReasonName(reason)}});
   counters_.resets++;
   if (reason != ResetReason::kFunctionLevel) config_.Reset();  // FLR already did
+  intx_level_ = false;
   if (msix_) {
     msix_->Reset();
     msix_mask_written_.assign(msix_->size(), false);
@@ -423,14 +430,21 @@ absl::Status Device::TriggerIrq(uint32_t index, uint32_t vector) {
 
 void Device::SetIntxLevel(bool asserted) {
   if (!irqs_) return;
-  irqs_->SetIntxLevel(asserted);
-  // Status.Interrupt mirrors the line; config space belongs to the loop.
-  if (loop_ != nullptr && !loop_->IsLoopThread()) {
-    loop_->Post([this, asserted] { config_.SetIntxAsserted(asserted); });
-  } else {
-    config_.SetIntxAsserted(asserted);
-  }
   if (asserted) counters_.irqs_triggered++;
+  // Config space belongs to the loop thread.
+  if (loop_ != nullptr && !loop_->IsLoopThread()) {
+    loop_->Post([this, asserted] { ApplyIntxLevel(asserted); });
+  } else {
+    ApplyIntxLevel(asserted);
+  }
+}
+
+void Device::ApplyIntxLevel(bool asserted) {
+  intx_level_ = asserted;
+  // Status.Interrupt shows the function's internal state; Command.Interrupt
+  // Disable only keeps it off the wire (PCI Local Bus spec 6.2.2/6.2.3).
+  config_.SetIntxAsserted(asserted);
+  irqs_->SetIntxLevel(asserted && !config_.IntxDisabled());
 }
 
 absl::Status Device::DmaRead(uint64_t iova, absl::Span<uint8_t> out) {

@@ -146,8 +146,10 @@ class Device {
   // Raises an edge interrupt (MSI / MSI-X / ERR / REQ). Honors masking: a
   // masked vector becomes pending and fires when unmasked. Any thread.
   absl::Status TriggerIrq(uint32_t index, uint32_t vector);
-  // Sets the INTx line level (level-triggered, auto-masked). Also mirrors it
-  // in the config-space Interrupt Status bit. Any thread.
+  // Sets the INTx line level (level-triggered, auto-masked). The engine
+  // mirrors it in the config-space Interrupt Status bit and keeps it off the
+  // wire while Command.Interrupt Disable is set. Any thread (applied on the
+  // loop thread).
   void SetIntxLevel(bool asserted);
   // Guest-memory access through the client's DMA maps (any thread; see the
   // header comment for message-backed ranges). EFAULT outside the maps,
@@ -195,6 +197,7 @@ class Device {
 
  private:
   absl::Status DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool write);
+  void ApplyIntxLevel(bool asserted);
   absl::Status CheckAccess(uint32_t index, uint64_t offset, size_t len,
                            bool write, const Region** region) const;
   bool InMmapArea(const Region& region, uint64_t offset, size_t len) const;
@@ -221,6 +224,7 @@ class Device {
   std::function<void(ResetReason)> on_reset_;
   std::function<void()> on_attach_, on_detach_;
   bool reset_on_disconnect_ = false;
+  bool intx_level_ = false;  // loop thread
   MigrationCallbacks migration_;
   uint64_t max_dma_maps_ = kDefaultMaxDmaMaps;
   EventLoop* loop_ = nullptr;

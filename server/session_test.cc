@@ -208,6 +208,33 @@ TEST_F(SessionTest, MsixThroughEventfdAndTableMasking) {
   ::close(efd);
 }
 
+TEST_F(SessionTest, IntxHonorsCommandInterruptDisable) {
+  auto c = Attach();
+  int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  SetIrqs irq;
+  irq.flags = kIrqSetDataEventfd | kIrqSetActionTrigger;
+  irq.index = kPciIntxIrqIndex;
+  irq.count = 1;
+  auto reply = c->Call(Command::kDeviceSetIrqs, EncodeSetIrqs(irq), {efd});
+  ASSERT_TRUE(reply.ok());
+  ASSERT_FALSE(reply->header.is_error());
+  // Interrupt Disable (Command bit 10) set: the line is asserted (Status bit
+  // 3) but nothing reaches the client.
+  ASSERT_TRUE(c->ConfigWrite32(0x04, 0x0400).ok());
+  dev_->device().SetIntxLevel(true);
+  loop_->RunSync([] {});
+  uint64_t n;
+  EXPECT_LT(::read(efd, &n, 8), 0);
+  EXPECT_TRUE(*c->ConfigRead32(0x04) & (0x08u << 16));
+  // Clearing it delivers the pending level.
+  ASSERT_TRUE(c->ConfigWrite32(0x04, 0x0000).ok());
+  EXPECT_EQ(::read(efd, &n, 8), 8);
+  dev_->device().SetIntxLevel(false);
+  loop_->RunSync([] {});
+  EXPECT_FALSE(*c->ConfigRead32(0x04) & (0x08u << 16));
+  ::close(efd);
+}
+
 TEST_F(SessionTest, DmaThroughMmapAndByMessage) {
   for (bool twin : {false, true}) {
     SCOPED_TRACE(twin ? "twin socket" : "main socket");
