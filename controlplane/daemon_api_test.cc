@@ -396,6 +396,41 @@ TEST_F(DaemonApiTest, InvalidOtherRequestsGetTheRightCode) {
   }
 }
 
+// vfio-userctl, the bundled grpcurl alternative: JSON in, exit codes out.
+TEST_F(DaemonApiTest, VfioUserctlDrivesTheDaemon) {
+  auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {::vfio_user::testing::RunfilePath("controlplane/vfio-userctl"),
+                               absl::StrCat("--grpc=unix:", daemon_.grpc_socket())});
+    auto process = ::vfio_user::testing::Subprocess::Start(args);
+    if (!process.ok()) return -1;
+    auto status = process->Stop(0, absl::Seconds(20));  // signal 0: just wait
+    return status.ok() && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
+  };
+  const std::string path = daemon_.DeviceSocket("ctl");
+  EXPECT_EQ(ctl({"create", absl::StrCat(R"({"name":"ctl","idio16":{"initialInputs":3},)",
+                                        R"("socket":{"path":")", path, R"("},)",
+                                        R"("reconnectWindow":"2.5s"})")}),
+            0);
+  auto device = daemon_.Get("ctl");
+  ASSERT_TRUE(device.ok()) << device.status();
+  EXPECT_EQ(device->spec().idio16().initial_inputs(), 3u);
+  EXPECT_EQ(device->spec().reconnect_window().nanos(), 500000000);
+  EXPECT_EQ(ctl({"get", "ctl"}), 0);
+  EXPECT_EQ(ctl({"list"}), 0);
+  EXPECT_EQ(ctl({"health"}), 0);
+  EXPECT_EQ(ctl({"set-inputs", "ctl", "0x00f0", "0x00ff"}), 0);
+  EXPECT_TRUE(daemon_.WaitFor("ctl", [](const v1::Device& d) {
+                       return d.status().idio16().inputs() == 0xf0;
+                     }).ok());
+  EXPECT_EQ(ctl({"reset", "ctl"}), 0);
+  EXPECT_EQ(ctl({"get", "nope"}), 2);          // NOT_FOUND
+  EXPECT_EQ(ctl({"create", R"({"name":"Bad"})"}), 2);  // INVALID_ARGUMENT
+  EXPECT_EQ(ctl({"create", "not json"}), 1);  // usage
+  EXPECT_EQ(ctl({"delete", "ctl"}), 0);
+  EXPECT_EQ(ctl({"delete", "ctl", "--allow_missing"}), 0);
+  EXPECT_FALSE(Exists(path));
+}
+
 TEST(DaemonLimitsTest, DeviceCountLimit) {
   Daemon daemon("lim");
   ASSERT_TRUE(daemon.Start({"--max_devices=2"}).ok());

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client/client.h"
 #include "controlplane/daemon_test_util.h"
 #include "core/transport.h"
 #include "gmock/gmock.h"
@@ -417,6 +418,51 @@ TEST_F(DaemonLifecycleTest, RestartedDaemonRecreatesDevices) {
   ASSERT_NE(dma_client, nullptr);
   EXPECT_TRUE(daemon_.WaitForState("gpio", v1::DEVICE_STATE_CLIENT_CONNECTED).ok());
   EXPECT_TRUE(daemon_.WaitForState("dma", v1::DEVICE_STATE_CLIENT_CONNECTED).ok());
+}
+
+// The whole story with the client library (what a VMM links): its
+// reconnect brings it back after the worker is killed and after the daemon
+// itself is killed and restarted, without the application doing anything.
+TEST_F(DaemonLifecycleTest, ClientLibraryRidesOutWorkerAndDaemonCrashes) {
+  const std::string path = daemon_.DeviceSocket("vmm");
+  ASSERT_TRUE(daemon_.Create(Idio16Spec("vmm", path)).ok());
+  ClientOptions options;
+  options.socket_path = path;
+  options.connect_timeout = absl::Seconds(10);
+  options.reconnect.deadline = absl::Seconds(20);
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto connected = daemon_.WaitForState("vmm", v1::DEVICE_STATE_CLIENT_CONNECTED);
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  const pid_t worker = connected->status().worker_pid();
+  ASSERT_TRUE((*client)->Read(kIdioBar, 1, 1).ok());
+
+  auto reconnected = [&](uint64_t n) {
+    return Eventually([&] {
+      const ClientStateInfo s = (*client)->state();
+      return s.state == ClientState::kConnected && s.reconnects >= n;
+    });
+  };
+  // 1. The worker dies.
+  ASSERT_EQ(::kill(worker, SIGKILL), 0);
+  ASSERT_TRUE(reconnected(1));
+  ASSERT_TRUE((*client)->Read(kIdioBar, 1, 1).ok());
+  auto after_crash = daemon_.WaitFor("vmm", [&](const v1::Device& d) {
+    return d.status().state() == v1::DEVICE_STATE_CLIENT_CONNECTED &&
+           d.status().restart_count() == 1;
+  });
+  ASSERT_TRUE(after_crash.ok()) << after_crash.status();
+  EXPECT_EQ(after_crash->status().disconnect_count(), 1u);
+
+  // 2. The daemon dies and comes back with the same state directory.
+  ASSERT_TRUE(daemon_.Stop(SIGKILL).ok());
+  ASSERT_TRUE(daemon_.Start().ok());
+  ASSERT_TRUE(reconnected(2));
+  ASSERT_TRUE((*client)->Read(kIdioBar, 1, 1).ok());
+  auto after_restart = daemon_.WaitForState("vmm", v1::DEVICE_STATE_CLIENT_CONNECTED);
+  ASSERT_TRUE(after_restart.ok()) << after_restart.status();
+  EXPECT_EQ(after_restart->status().client().pid(), ::getpid());
+  (*client)->Close();
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "controlplane/daemon.pb.h"
+#include "controlplane/defaults.h"
 #include "controlplane/device_manager.h"
 #include "controlplane/device_service.h"
 #include "controlplane/process.h"
@@ -77,6 +78,10 @@ ABSL_FLAG(absl::Duration, heartbeat_timeout, absl::Seconds(3),
           "A worker silent for this long is considered hung, killed and restarted.");
 ABSL_FLAG(absl::Duration, command_timeout, absl::Seconds(5),
           "How long ResetDevice and device actions wait for the device.");
+ABSL_FLAG(absl::Duration, stop_grace, absl::Seconds(2),
+          "How long a stopping worker (delete, shutdown) gets before SIGKILL.");
+ABSL_FLAG(int, watch_history, 4096,
+          "Events kept for resuming watches (older revisions: FAILED_PRECONDITION).");
 ABSL_FLAG(std::string, log_level, "",
           "debug, info, warn or error (default: $VFIO_USER_LOG_LEVEL or info).");
 
@@ -117,25 +122,6 @@ absl::Status EnsurePrivateDir(const std::string& dir) {
                                                       ", not by us"));
   }
   return absl::OkStatus();
-}
-
-std::string DefaultRuntimeDir() {
-  if (::geteuid() == 0) return "/run/vfio-userd";
-  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && xdg[0] == '/') {
-    return absl::StrCat(xdg, "/vfio-userd");
-  }
-  return absl::StrCat("/tmp/vfio-userd-", ::geteuid());
-}
-
-std::string DefaultStateDir(const std::string& runtime_dir) {
-  if (::geteuid() == 0) return "/var/lib/vfio-userd";
-  if (const char* xdg = std::getenv("XDG_STATE_HOME"); xdg != nullptr && xdg[0] == '/') {
-    return absl::StrCat(xdg, "/vfio-userd");
-  }
-  if (const char* home = std::getenv("HOME"); home != nullptr && home[0] == '/') {
-    return absl::StrCat(home, "/.local/state/vfio-userd");
-  }
-  return absl::StrCat(runtime_dir, "/state");
 }
 
 struct GrpcEndpoint {
@@ -272,6 +258,11 @@ int RunDaemon() {
   options.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   options.heartbeat_timeout = absl::GetFlag(FLAGS_heartbeat_timeout);
   options.command_timeout = absl::GetFlag(FLAGS_command_timeout);
+  options.stop_grace = absl::GetFlag(FLAGS_stop_grace);
+  if (absl::GetFlag(FLAGS_watch_history) < 1) {
+    return Fail(absl::InvalidArgumentError("--watch_history must be at least 1"));
+  }
+  options.watch_history = static_cast<size_t>(absl::GetFlag(FLAGS_watch_history));
   if (options.heartbeat_interval <= absl::ZeroDuration() ||
       options.heartbeat_timeout <= options.heartbeat_interval) {
     return Fail(absl::InvalidArgumentError(
@@ -283,7 +274,7 @@ int RunDaemon() {
   std::string state_dir = absl::GetFlag(FLAGS_state_dir);
   if (state_dir.empty()) state_dir = DefaultStateDir(runtime_dir);
   std::string listen = absl::GetFlag(FLAGS_grpc_listen);
-  if (listen.empty()) listen = absl::StrCat("unix:", runtime_dir, "/grpc.sock");
+  if (listen.empty()) listen = DefaultGrpcListen(runtime_dir);
   auto endpoint = ParseGrpcListen(listen);
   if (!endpoint.ok()) return Fail(endpoint.status());
   auto grpc_mode = ParseSocketMode(absl::GetFlag(FLAGS_grpc_socket_mode), "--grpc_socket_mode");
@@ -305,6 +296,13 @@ int RunDaemon() {
   if (!endpoint->unix_path.empty() &&
       absl::StartsWith(endpoint->unix_path, absl::StrCat(runtime_dir, "/"))) {
     if (absl::Status st = EnsurePrivateDir(runtime_dir); !st.ok()) return Fail(st);
+  }
+  // Refuse early if another server holds the gRPC socket (gRPC itself would
+  // unlink it).
+  if (!endpoint->unix_path.empty()) {
+    if (absl::Status st = PrepareSocketPath(endpoint->unix_path, "--grpc_listen"); !st.ok()) {
+      return Fail(st);
+    }
   }
   if (absl::Status st = MakeDirs(state_dir); !st.ok()) return Fail(st);
   auto store = StateStore::Open(state_dir);
@@ -330,11 +328,6 @@ int RunDaemon() {
   }
 
   // gRPC.
-  if (!endpoint->unix_path.empty()) {
-    if (absl::Status st = PrepareSocketPath(endpoint->unix_path, "--grpc_listen"); !st.ok()) {
-      return Fail(st);
-    }
-  }
   DeviceServiceImpl service(m, absl::GetFlag(FLAGS_max_watchers));
   // grpc++'s built-in health service carries no protobuf descriptors; using
   // the compiled health.proto here links them in, so that reflection can
