@@ -89,13 +89,14 @@ void EventLoop::RunSync(std::function<void()> fn) {
   done.WaitForNotification();
 }
 
-void EventLoop::DrainPosted() {
+bool EventLoop::DrainPosted() {
   std::vector<std::function<void()>> batch;
   {
     absl::MutexLock lock(&mu_);
     batch.swap(posted_);
   }
   for (auto& fn : batch) fn();
+  return !batch.empty();
 }
 
 EventLoop::TimerId EventLoop::RunAfter(absl::Duration delay,
@@ -127,7 +128,7 @@ int EventLoop::NextTimeoutMs() {
   return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
 }
 
-void EventLoop::RunDueTimers() {
+bool EventLoop::RunDueTimers() {
   std::vector<std::function<void()>> due;
   {
     absl::MutexLock lock(&mu_);
@@ -142,6 +143,7 @@ void EventLoop::RunDueTimers() {
     }
   }
   for (auto& fn : due) fn();
+  return !due.empty();
 }
 
 void EventLoop::Run() {
@@ -154,25 +156,52 @@ void EventLoop::Run() {
       if (errno == EINTR) continue;
       break;  // epoll fd broken: nothing sensible left to do
     }
-    for (int i = 0; i < n; ++i) {
-      const int fd = events[i].data.fd;
-      if (fd == wake_fd_.get()) {
-        uint64_t count;
-        while (::read(wake_fd_.get(), &count, sizeof(count)) > 0) {
-        }
-        continue;
-      }
-      auto it = watches_.find(fd);
-      if (it == watches_.end()) continue;  // unwatched by an earlier callback
-      // Hold the callback alive even if it unwatches itself.
-      std::shared_ptr<FdCallback> cb = it->second.callback;
-      (*cb)(events[i].events);
-    }
+    DispatchEvents(events, n);
     RunDueTimers();
     DrainPosted();
   }
   DrainPosted();
   loop_thread_id_ = std::thread::id();
+}
+
+bool EventLoop::RunUntilIdle(int max_rounds) {
+  loop_thread_id_ = std::this_thread::get_id();
+  constexpr int kMaxEvents = 64;
+  epoll_event events[kMaxEvents];
+  bool idle = false;
+  for (int round = 0; round < max_rounds && !idle; ++round) {
+    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    const int fd_events = DispatchEvents(events, n);
+    const bool timers = RunDueTimers();
+    const bool posted = DrainPosted();
+    idle = fd_events == 0 && !timers && !posted;
+  }
+  loop_thread_id_ = std::thread::id();
+  return idle;
+}
+
+int EventLoop::DispatchEvents(const epoll_event* events, int n) {
+  int fd_events = 0;
+  for (int i = 0; i < n; ++i) {
+    const int fd = events[i].data.fd;
+    if (fd == wake_fd_.get()) {
+      uint64_t count;
+      while (::read(wake_fd_.get(), &count, sizeof(count)) > 0) {
+      }
+      continue;
+    }
+    auto it = watches_.find(fd);
+    if (it == watches_.end()) continue;  // unwatched by an earlier callback
+    ++fd_events;
+    // Hold the callback alive even if it unwatches itself.
+    std::shared_ptr<FdCallback> cb = it->second.callback;
+    (*cb)(events[i].events);
+  }
+  return fd_events;
 }
 
 absl::Status EventLoop::WatchFd(int fd, uint32_t events, FdCallback callback) {

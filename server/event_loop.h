@@ -43,6 +43,14 @@ class EventLoop : public FdWatcher {
 
   // Runs the loop on the calling thread until Stop().
   void Run();
+  // Runs the loop on the calling thread until nothing is left to do now: no
+  // fd reports an event, nothing is posted and no timer is due (timers due
+  // later do not keep it running), or for at most `max_rounds` rounds of
+  // epoll; returns whether it became idle (false: something stays busy, e.g.
+  // an fd that is always ready). For single-threaded tests and fuzzers that
+  // drive a loop step by step. REQUIRES: the loop is not running on another
+  // thread.
+  bool RunUntilIdle(int max_rounds = 100000);
   // Starts a dedicated thread running Run(); Join()/destructor stop it.
   void StartThread(std::string name = "vfio-user-loop");
   void Stop();
@@ -72,8 +80,13 @@ class EventLoop : public FdWatcher {
  private:
   EventLoop(UniqueFd epoll_fd, UniqueFd wake_fd);
   void Wake();
-  void DrainPosted();
-  void RunDueTimers();
+  // Runs the callbacks of `n` epoll events; returns how many were fd events
+  // (the wake-up eventfd not counted).
+  int DispatchEvents(const epoll_event* events, int n);
+  // Runs what was posted; returns whether there was anything.
+  bool DrainPosted();
+  // Runs the timers that are due; returns whether there were any.
+  bool RunDueTimers();
   int NextTimeoutMs();
 
   struct Watch_ {
