@@ -433,7 +433,7 @@ int RunLspci(Client& client) {
   absl::StatusOr<PciConfig> config = DecodePciConfig(*bytes);
   if (!config.ok()) return Fail(config.status(), "decoding config space");
 
-  std::vector<PciBar> bars;
+  std::vector<SizedPciBar> bars;
   if (absl::GetFlag(FLAGS_size_bars)) {
     PciConfigAccess access;
     access.read = [&client](uint32_t offset,
@@ -446,7 +446,7 @@ int RunLspci(Client& client) {
     access.write = [&client](uint32_t offset, int width, uint32_t value) {
       return client.WriteValue(kPciConfigRegionIndex, offset, width, value);
     };
-    absl::StatusOr<std::vector<PciBar>> sized =
+    absl::StatusOr<std::vector<SizedPciBar>> sized =
         SizePciBars(access, config->bar_count());
     if (!sized.ok()) return Fail(sized.status(), "sizing BARs");
     bars = *std::move(sized);
@@ -460,7 +460,7 @@ int RunLspci(Client& client) {
   const PciConfig& c = *config;
   if (absl::GetFlag(FLAGS_json)) {
     Json json_bars = Json::Array();
-    for (const PciBar& b : bars) {
+    for (const SizedPciBar& b : bars) {
       json_bars.Push(Json::Object()
                          .Num("index", b.index)
                          .Bool("implemented", b.implemented)
@@ -521,7 +521,7 @@ int RunLspci(Client& client) {
     absl::PrintF("\tInterrupt: pin %c, line %u\n", 'A' + c.interrupt_pin - 1,
                  c.interrupt_line);
   }
-  for (const PciBar& b : bars) {
+  for (const SizedPciBar& b : bars) {
     if (!b.implemented) continue;
     std::string mismatch;
     if (region_size(b.index) != b.size) {

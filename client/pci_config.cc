@@ -246,7 +246,7 @@ absl::StatusOr<PciConfig> DecodePciConfig(absl::Span<const uint8_t> bytes) {
   return c;
 }
 
-absl::StatusOr<std::vector<PciBar>> SizePciBars(const PciConfigAccess& access,
+absl::StatusOr<std::vector<SizedPciBar>> SizePciBars(const PciConfigAccess& access,
                                                 int bar_count) {
   absl::StatusOr<uint32_t> command = access.read(kCommand, 2);
   if (!command.ok()) return command.status();
@@ -270,9 +270,9 @@ absl::StatusOr<std::vector<PciBar>> SizePciBars(const PciConfigAccess& access,
     return mask;
   };
 
-  std::vector<PciBar> bars;
+  std::vector<SizedPciBar> bars;
   for (int i = 0; i < bar_count && first_error.ok(); ++i) {
-    PciBar bar;
+    SizedPciBar bar;
     bar.index = i;
     const uint32_t offset = kBar0 + 4 * i;
     absl::StatusOr<uint32_t> original = access.read(offset, 4);
@@ -301,7 +301,7 @@ absl::StatusOr<std::vector<PciBar>> SizePciBars(const PciConfigAccess& access,
     bar.implemented = bar.size != 0;
     bars.push_back(bar);
     if (bar.is64) {
-      PciBar upper;
+      SizedPciBar upper;
       upper.index = ++i;
       bars.push_back(upper);
     }

@@ -60,7 +60,7 @@ struct PciConfig {
 // for PCIe extended capabilities). EINVAL if shorter than 64 bytes.
 absl::StatusOr<PciConfig> DecodePciConfig(absl::Span<const uint8_t> config);
 
-struct PciBar {
+struct SizedPciBar {
   int index = 0;
   bool implemented = false;  // sizing found writable address bits
   bool io = false;
@@ -81,7 +81,7 @@ struct PciConfigAccess {
 // reads the mask back, restores the BAR, then restores the command
 // register. Restores are attempted even after a failure. The upper half of
 // a 64-bit BAR is reported as not implemented.
-absl::StatusOr<std::vector<PciBar>> SizePciBars(const PciConfigAccess& access,
+absl::StatusOr<std::vector<SizedPciBar>> SizePciBars(const PciConfigAccess& access,
                                                 int bar_count);
 
 // Names for display.

@@ -192,7 +192,7 @@ class FakeBars {
 TEST(SizePciBarsTest, SizesAndRestores) {
   FakeBars fake;
   const std::vector<uint8_t> before = fake.config_;
-  absl::StatusOr<std::vector<PciBar>> bars = SizePciBars(fake.Access(), 6);
+  absl::StatusOr<std::vector<SizedPciBar>> bars = SizePciBars(fake.Access(), 6);
   ASSERT_TRUE(bars.ok()) << bars.status();
   ASSERT_EQ(bars->size(), 6u);
   EXPECT_TRUE((*bars)[0].is64);

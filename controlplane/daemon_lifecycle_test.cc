@@ -235,7 +235,9 @@ TEST_F(DaemonLifecycleTest, WatchDeliversEventsInOrderAndResumes) {
   EXPECT_EQ(filtered[0].device().spec().name(), "mine");
   EXPECT_EQ(filtered[1].type(), v1::DEVICE_EVENT_TYPE_SYNCED);
   for (const auto& e : filtered) {
-    if (e.has_device()) EXPECT_EQ(e.device().spec().name(), "mine");
+    if (e.has_device()) {
+      EXPECT_EQ(e.device().spec().name(), "mine");
+    }
   }
 }
 

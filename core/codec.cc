@@ -25,7 +25,6 @@ constexpr size_t kSetIrqsFixedSize = 20;
 constexpr size_t kRegionAccessHeaderSize = 16;
 constexpr size_t kDmaAccessHeaderSizeSpec = 16;
 constexpr size_t kDmaAccessHeaderSizeLegacy = 12;
-constexpr size_t kDmaAccessPaddingSizeLegacy = 4;  // QEMU's sizeof() is 16
 constexpr size_t kWriteMultiFixedSize = 8;
 constexpr size_t kWriteMultiEntrySize = 24;
 constexpr size_t kWriteMultiMaxData = sizeof(WriteMultiEntry::data);
@@ -152,18 +151,6 @@ void WriteDmaAccessHeader(WireWriter& w, uint64_t address, uint64_t count,
   }
 }
 
-// Fixed part (with `count`), `data`, padding.
-Bytes EncodeDmaAccessWithCount(uint64_t address, uint64_t count, ByteSpan data,
-                               DmaLayout layout) {
-  Bytes out;
-  out.reserve(DmaAccessHeaderSize(layout) + data.size() + DmaAccessPaddingSize(layout));
-  WireWriter w(&out);
-  WriteDmaAccessHeader(w, address, count, layout);
-  w.WriteBytes(data);
-  out.resize(out.size() + DmaAccessPaddingSize(layout), 0);
-  return out;
-}
-
 bool ReadDmaAccessHeader(WireReader& r, DmaLayout layout, DmaAccess* a) {
   if (!r.Read(&a->address)) return false;
   if (layout == DmaLayout::kSpec) return r.Read(&a->count);
@@ -173,25 +160,10 @@ bool ReadDmaAccessHeader(WireReader& r, DmaLayout layout, DmaAccess* a) {
   return true;
 }
 
-// Whether the padding after the data must be zero (requests, which only we
-// send) or may hold anything (replies).
-enum class Padding { kZero, kAny };
-
 absl::StatusOr<DmaAccess> DecodeDmaAccess(ByteSpan payload,
                                           absl::string_view what,
                                           DmaLayout layout, uint64_t count_limit,
-                                          Trailer trailer,
-                                          Padding padding = Padding::kZero) {
-  const size_t pad = DmaAccessPaddingSize(layout);
-  if (payload.size() < DmaAccessHeaderSize(layout) + pad) {
-    return ShortPayload(what, payload.size(), DmaAccessHeaderSize(layout) + pad);
-  }
-  if (padding == Padding::kZero) {
-    for (uint8_t b : payload.subspan(payload.size() - pad)) {
-      if (b != 0) return Invalid(what, "non-zero padding after the data");
-    }
-  }
-  payload = payload.first(payload.size() - pad);
+                                          Trailer trailer) {
   WireReader r(payload);
   DmaAccess a;
   if (!ReadDmaAccessHeader(r, layout, &a)) {
@@ -907,17 +879,22 @@ size_t DmaAccessHeaderSize(DmaLayout layout) {
                                     : kDmaAccessHeaderSizeLegacy;
 }
 
-size_t DmaAccessPaddingSize(DmaLayout layout) {
-  return layout == DmaLayout::kSpec ? 0 : kDmaAccessPaddingSizeLegacy;
-}
-
 Bytes EncodeDmaAccessHeader(uint64_t address, uint64_t count, DmaLayout layout) {
-  return EncodeDmaAccessWithCount(address, count, ByteSpan(), layout);
+  Bytes out;
+  out.reserve(DmaAccessHeaderSize(layout));
+  WireWriter w(&out);
+  WriteDmaAccessHeader(w, address, count, layout);
+  return out;
 }
 
 Bytes EncodeDmaAccessWithData(uint64_t address, ByteSpan data,
                               DmaLayout layout) {
-  return EncodeDmaAccessWithCount(address, data.size(), data, layout);
+  Bytes out;
+  out.reserve(DmaAccessHeaderSize(layout) + data.size());
+  WireWriter w(&out);
+  WriteDmaAccessHeader(w, address, data.size(), layout);
+  w.WriteBytes(data);
+  return out;
 }
 
 void EncodeDmaAccessHeaderTo(uint64_t address, uint64_t count, DmaLayout layout,
@@ -941,17 +918,26 @@ absl::StatusOr<DmaAccess> DecodeDmaWriteRequest(ByteSpan payload,
 }
 
 absl::StatusOr<DmaAccess> DecodeDmaReadReply(ByteSpan payload,
-                                             uint64_t requested_count,
-                                             DmaLayout layout) {
+                                             uint64_t requested_count) {
   constexpr char kWhat[] = "DMA_READ reply";
-  const size_t overhead = DmaAccessHeaderSize(layout) + DmaAccessPaddingSize(layout);
-  if (payload.size() < overhead || payload.size() - overhead != requested_count) {
+  // The two layouts differ by 4 header bytes, so the length alone tells them
+  // apart once the data size is known.
+  auto holds = [&](DmaLayout layout) {
+    const size_t header = DmaAccessHeaderSize(layout);
+    return payload.size() >= header && payload.size() - header == requested_count;
+  };
+  DmaLayout layout;
+  if (holds(DmaLayout::kSpec)) {
+    layout = DmaLayout::kSpec;
+  } else if (holds(DmaLayout::kQemuLegacy)) {
+    layout = DmaLayout::kQemuLegacy;
+  } else {
     return Invalid(kWhat, absl::StrCat("payload of ", payload.size(),
                                        " bytes does not hold a header and ",
                                        requested_count, " data bytes"));
   }
   return DecodeDmaAccess(payload, kWhat, layout, requested_count,
-                         Trailer::kCountBytes, Padding::kAny);
+                         Trailer::kCountBytes);
 }
 
 absl::StatusOr<DmaAccess> DecodeDmaWriteReply(ByteSpan payload) {

@@ -233,50 +233,33 @@ absl::StatusOr<RegionAccess> DecodeRegionReadReply(ByteSpan payload,
 absl::StatusOr<RegionAccess> DecodeRegionWriteReply(ByteSpan payload);
 
 // ---- DMA_READ (11) / DMA_WRITE (12), server -> client ----
-// Spec/lvu layout: address u64, count u64, data @16.
-// QEMU layout (kQemuLegacy; QEMU's VFIOUserDMARW is the unpacked C struct
-// {u64 address; u32 count; char data[];}): data @12, but sizeof() of that
-// struct is 16, and QEMU sizes and checks every DMA message as
-// sizeof + count, so 4 padding bytes (zero) follow the data: every payload is
-// 16 + count bytes (a DMA_READ request: address, count, 4 zero bytes). QEMU
-// rejects anything shorter (DMA_READ: EINVAL, DMA_WRITE: E2BIG) and answers
-// DMA_WRITE with a header-only reply. Measured against QEMU 11.1
-// (docs/QEMU-INTEROP.md); PROTOCOL.md §3.10 missed the padding.
+// Spec/lvu layout: address u64, count u64, data @16. The stored QEMU client
+// uses the 2020 draft layout: address u64, count u32, data @12, and answers
+// DMA_WRITE with a header-only reply (PROTOCOL.md §3.10).
 enum class DmaLayout { kSpec, kQemuLegacy };
 struct DmaAccess {
   uint64_t address = 0;
   uint64_t count = 0;
   ByteSpan data;  // DMA_WRITE request / DMA_READ reply; points into the payload
 };
-// A payload without data (DMA_READ request; spec DMA_WRITE reply): the fixed
-// part and the padding.
 Bytes EncodeDmaAccessHeader(uint64_t address, uint64_t count,
                             DmaLayout layout = DmaLayout::kSpec);
-// The fixed part, the data and the padding.
 Bytes EncodeDmaAccessWithData(uint64_t address, ByteSpan data,
                               DmaLayout layout = DmaLayout::kSpec);
-// Size of the fixed part, where the data starts: 16 (spec) or 12 (QEMU).
+// Size of the fixed part: 16 (spec) or 12 (QEMU legacy).
 size_t DmaAccessHeaderSize(DmaLayout layout);
-// Zero bytes after the data: 0 (spec) or 4 (QEMU).
-size_t DmaAccessPaddingSize(DmaLayout layout);
-// Writes the fixed part only (DmaAccessHeaderSize bytes); the caller sends
-// the data and DmaAccessPaddingSize zero bytes after it.
 void EncodeDmaAccessHeaderTo(uint64_t address, uint64_t count, DmaLayout layout,
                              uint8_t* out);
-// Requests: fixed part, `count` data bytes (DMA_WRITE) and the padding, which
-// must be zero.
 absl::StatusOr<DmaAccess> DecodeDmaReadRequest(ByteSpan payload,
                                                const DecodeLimits& limits,
                                                DmaLayout layout = DmaLayout::kSpec);
 absl::StatusOr<DmaAccess> DecodeDmaWriteRequest(ByteSpan payload,
                                                 const DecodeLimits& limits,
                                                 DmaLayout layout = DmaLayout::kSpec);
-// DMA_READ reply: fixed part + exactly requested_count bytes + padding (the
-// padding's content is ignored). Both layouts have the same length, so the
-// caller says which one its peer uses.
+// DMA_READ reply: header + exactly requested_count bytes. Accepts either
+// layout when the payload length identifies it unambiguously.
 absl::StatusOr<DmaAccess> DecodeDmaReadReply(ByteSpan payload,
-                                             uint64_t requested_count,
-                                             DmaLayout layout = DmaLayout::kSpec);
+                                             uint64_t requested_count);
 // DMA_WRITE reply: 16 bytes (spec/lvu), 12 bytes, or empty (QEMU).
 absl::StatusOr<DmaAccess> DecodeDmaWriteReply(ByteSpan payload);
 

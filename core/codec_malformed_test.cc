@@ -169,16 +169,13 @@ std::vector<DecoderCase> AllDecoders() {
   for (DmaLayout layout : {DmaLayout::kSpec, DmaLayout::kQemuLegacy}) {
     const bool spec = layout == DmaLayout::kSpec;
     const std::string suffix = spec ? " (spec)" : " (QEMU legacy)";
-    // QEMU: data @12, then 4 bytes of padding.
     const Bytes header = spec ? Cat({U64(0x1000), U64(3)}) : Cat({U64(0x1000), U32(3)});
-    const Bytes padding = spec ? Bytes{} : U32(0);
-    c.push_back({"DMA_READ request" + suffix, Cat({header, padding}),
-                 header.size() + padding.size(), Length::kExact,
+    c.push_back({"DMA_READ request" + suffix, header, header.size(), Length::kExact,
                  [lim, layout](ByteSpan p) {
                    return DecodeDmaReadRequest(p, lim, layout).status();
                  }});
-    c.push_back({"DMA_WRITE request" + suffix, Cat({header, Bytes{1, 2, 3}, padding}),
-                 header.size() + padding.size(), Length::kExact, [lim, layout](ByteSpan p) {
+    c.push_back({"DMA_WRITE request" + suffix, Cat({header, Bytes{1, 2, 3}}),
+                 header.size(), Length::kExact, [lim, layout](ByteSpan p) {
                    return DecodeDmaWriteRequest(p, lim, layout).status();
                  }});
   }
@@ -346,7 +343,7 @@ TEST(MalformedWrap, RangesThatWrapU64) {
   EXPECT_EQ(Err(DecodeDmaReadRequest(Span(Cat({U64(kMax64 - 3), U64(4)})),
                                      DecodeLimits())),
             ERANGE);
-  EXPECT_EQ(Err(DecodeDmaWriteRequest(Span(Cat({U64(kMax64), U32(1), U8(0), U32(0)})),
+  EXPECT_EQ(Err(DecodeDmaWriteRequest(Span(Cat({U64(kMax64), U32(1), U8(0)})),
                                       DecodeLimits(), DmaLayout::kQemuLegacy)),
             ERANGE);
   EXPECT_EQ(Err(DecodeRegionWriteMulti(

@@ -326,9 +326,12 @@ absl::StatusOr<Session::Reply> Session::HandleVersion(Message& msg) {
   if (!negotiation.ok()) return negotiation.status();
   peer_caps_ = negotiation->peer;
   conn_->set_max_fds_out(peer_caps_.max_msg_fds);
-  // QEMU (the only peer proposing 0.0) uses its own DMA_READ/WRITE layout
-  // (data @12, 4 bytes of padding after it; core/codec.h, PROTOCOL.md §3.10).
-  dma_layout_ = request->minor == 0 ? DmaLayout::kQemuLegacy : DmaLayout::kSpec;
+  // DMA_READ/WRITE use the spec layout (count u64, data @16) with every
+  // peer, QEMU included: QEMU 11.1 reads and writes that layout (measured,
+  // docs/QEMU-INTEROP.md); the count-u32/data-@12 layout PROTOCOL.md §3.10
+  // read in older QEMU source is rejected by it (DMA_READ EINVAL, DMA_WRITE
+  // E2BIG).
+  dma_layout_ = DmaLayout::kSpec;
   Reply reply;
   reply.payload = EncodeVersion(negotiation->reply);
   if (negotiation->twin_local) {
@@ -490,7 +493,7 @@ void Session::HandleReply(Message msg) {
   } else if (msg.header.is_error()) {
     result = ErrnoError(SanitizePeerErrno(msg.header.error), "client failed DMA request");
   } else if (!want_write) {
-    auto reply = DecodeDmaReadReply(ByteSpan(msg.payload), op->chunk, dma_layout_);
+    auto reply = DecodeDmaReadReply(ByteSpan(msg.payload), op->chunk);
     if (!reply.ok()) {
       result = reply.status();
     } else if (reply->address != op->iova + op->done_bytes ||
@@ -553,25 +556,18 @@ void Session::StartDmaChunk(std::shared_ptr<PendingDma> op) {
   Header h;
   h.msg_id = id;
   h.flags = kFlagsTypeCommand;
-  // The fixed part, then (QEMU layout only) 4 zero bytes of padding that
-  // follow the data (PROTOCOL.md §3.10, core/codec.h).
-  uint8_t access[16] = {};
+  uint8_t access[16];
   const size_t access_size = DmaAccessHeaderSize(dma_layout_);
-  const size_t padding = DmaAccessPaddingSize(dma_layout_);
   EncodeDmaAccessHeaderTo(address, op->chunk, dma_layout_, access);
   absl::Status st;
   Connection* conn = dma_connection();
   if (op->write) {
     h.cmd = static_cast<uint16_t>(Command::kDmaWrite);
-    const ByteSpan data(op->in + op->done_bytes, op->chunk);
-    if (padding == 0) {
-      st = conn->SendParts(h, ByteSpan(access, access_size), data);
-    } else {  // three pieces: one copy (QEMU peers only)
-      st = conn->SendParts(h, EncodeDmaAccessWithData(address, data, dma_layout_));
-    }
+    st = conn->SendParts(h, ByteSpan(access, access_size),
+                         ByteSpan(op->in + op->done_bytes, op->chunk));
   } else {
     h.cmd = static_cast<uint16_t>(Command::kDmaRead);
-    st = conn->SendParts(h, ByteSpan(access, access_size + padding));
+    st = conn->SendParts(h, ByteSpan(access, access_size));
   }
   if (!st.ok()) {
     op->done(st);

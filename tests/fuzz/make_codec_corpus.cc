@@ -154,7 +154,7 @@ std::vector<Seed> MakeSeeds() {
     add("dma-write-request" + tag, Target::kDmaWriteRequest,
         EncodeDmaAccessWithData(0x200000, Span(data4), layout), 0, flags);
     add("dma-read-reply" + tag, Target::kDmaReadReply,
-        EncodeDmaAccessWithData(0x200000, Span(data4), layout), 4, flags);
+        EncodeDmaAccessWithData(0x200000, Span(data4), layout), 4);
     add("dma-write-reply" + tag, Target::kDmaWriteReply,
         EncodeDmaAccessHeader(0x200000, 4, layout));
   }

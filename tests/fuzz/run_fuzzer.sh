@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# Builds the codec libFuzzer target with clang (ASan + UBSan) and runs it.
+# Builds a libFuzzer target with clang (ASan + UBSan) and runs it.
 #
-#   tests/fuzz/run_fuzzer.sh [SECONDS] [extra libFuzzer flags...]
+#   tests/fuzz/run_fuzzer.sh [TARGET] [SECONDS] [extra libFuzzer flags...]
 #
-# SECONDS defaults to 20. Everything goes to $FUZZ_OUT_DIR (default: $TEST_TMPDIR
-# under Bazel, /tmp/vfio_user_codec_fuzz otherwise):
-#   codec_fuzzer   the instrumented binary
-#   corpus/        the working corpus: the seeds and regressions are copied in
-#                  and new inputs accumulate there across runs
-#   crashes/       crash-*, leak-*, timeout-*, oom-* reproducers
-#   fuzz.log       libFuzzer's output
-# Exits non-zero if the build fails or the fuzzer finds anything. Works both
-# from a checkout and as the Bazel sh_test //tests/fuzz:codec_fuzz_smoke_test
-# (sources come from the runfiles tree).
+# TARGET is one of: codec (default), version, session, client, controlplane
+# (README.md describes each). SECONDS defaults to 20. Everything goes to
+# $FUZZ_OUT_DIR (default: $TEST_TMPDIR under Bazel, /tmp/vfio_user_<TARGET>_fuzz
+# otherwise):
+#   <TARGET>_fuzzer  the instrumented binary
+#   obj/             object files (reused while neither the source nor a header
+#                    it includes changed)
+#   corpus/          the working corpus: the seeds and regressions are copied in
+#                    and new inputs accumulate there across runs
+#   crashes/         crash-*, leak-*, timeout-*, oom-* reproducers
+#   fuzz.log         libFuzzer's output
+# FUZZ_JOBS (default 2) compiles in parallel. Exits non-zero if the build fails
+# or the fuzzer finds anything. Works both from a checkout and as a Bazel
+# sh_test (sources come from the runfiles tree).
 set -euo pipefail
 
+target=codec
+if [[ $# -gt 0 && ! "$1" =~ ^[0-9]+$ ]]; then
+  target="$1"
+  shift
+fi
 seconds="${1:-20}"
 shift || true
 
@@ -23,8 +32,8 @@ if [[ -n "${TEST_SRCDIR:-}" ]]; then
 else
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 fi
-out="${FUZZ_OUT_DIR:-${TEST_TMPDIR:-/tmp/vfio_user_codec_fuzz}}"
-mkdir -p "${out}/corpus" "${out}/crashes"
+out="${FUZZ_OUT_DIR:-${TEST_TMPDIR:-/tmp/vfio_user_${target}_fuzz}}"
+mkdir -p "${out}/corpus" "${out}/crashes" "${out}/obj"
 
 cxx="${CXX_FUZZ:-/usr/bin/clang++}"
 if [[ ! -x "${cxx}" ]]; then
@@ -32,25 +41,82 @@ if [[ ! -x "${cxx}" ]]; then
   exit 1
 fi
 
-sources=(
-  core/codec.cc
-  core/errno_status.cc
-  core/protocol.cc
-  core/wire_buffer.cc
-  tests/fuzz/codec_fuzzer.cc
-)
-srcs=()
-for s in "${sources[@]}"; do srcs+=("${root}/${s}"); done
+absl_modules=(absl_status absl_statusor absl_strings absl_str_format
+  absl_synchronization absl_time absl_flat_hash_map absl_flat_hash_set
+  absl_random_random)
+core_wire=(core/codec.cc core/errno_status.cc core/protocol.cc core/wire_buffer.cc)
+core_all=("${core_wire[@]}" core/log.cc core/message.cc core/os.cc
+  core/request_tracker.cc core/transport.cc core/version.cc)
+server_all=(server/device.cc server/device_server.cc server/dma_table.cc
+  server/event_loop.cc server/irq_controller.cc server/session.cc
+  server/session_migration.cc server/pci/config_space.cc server/pci/msix.cc
+  server/devices/idio16.cc server/devices/dma_engine_device.cc)
+client_all=(client/client.cc client/dma_space.cc client/guest_memory.cc
+  client/irq_journal.cc client/irq_waiter.cc client/region_mapping.cc)
 
-echo "run_fuzzer.sh: building ${out}/codec_fuzzer"
-# shellcheck disable=SC2046  # pkg-config output is a list of flags
-"${cxx}" -std=c++17 -g -O1 \
-  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-  -I"${root}" "${srcs[@]}" -o "${out}/codec_fuzzer" \
-  $(pkg-config --libs absl_status absl_statusor absl_strings absl_str_format)
+max_len=4096
+libs=("${absl_modules[@]}")
+case "${target}" in
+  codec)
+    sources=("${core_wire[@]}" tests/fuzz/codec_fuzzer.cc)
+    ;;
+  version)
+    sources=("${core_wire[@]}" core/version.cc tests/fuzz/version_fuzzer.cc)
+    libs+=(protobuf)
+    ;;
+  session)
+    sources=("${core_all[@]}" "${server_all[@]}" tests/fuzz/session_fuzz_harness.cc
+      tests/fuzz/session_fuzzer.cc)
+    libs+=(protobuf)
+    max_len=16384
+    ;;
+  client)
+    sources=("${core_all[@]}" "${client_all[@]}" tests/fuzz/client_fuzz_harness.cc
+      tests/fuzz/client_fuzzer.cc)
+    libs+=(protobuf)
+    max_len=16384
+    ;;
+  *)
+    echo "run_fuzzer.sh: unknown target '${target}'" >&2
+    exit 2
+    ;;
+esac
+
+# shellcheck disable=SC2207  # pkg-config output is a list of flags
+link_flags=($(pkg-config --libs "${libs[@]}") -pthread)
+cflags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fno-sanitize-recover=all
+  -I"${root}")
+
+# Compiles `src` (workspace-relative) unless its object is newer than the
+# source and every header it included last time.
+compile_one() {
+  local src="$1"
+  local obj="${out}/obj/${src//\//_}.o"
+  if [[ -f "${obj}" && -f "${obj}.d" ]]; then
+    local stale=0 dep
+    for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "${obj}.d"); do
+      if [[ "${dep}" -nt "${obj}" ]]; then stale=1; break; fi
+    done
+    [[ "${stale}" -eq 0 ]] && return 0
+  fi
+  "${cxx}" "${cflags[@]}" -fsanitize=fuzzer-no-link,address,undefined \
+    -MMD -MF "${obj}.d" -c "${root}/${src}" -o "${obj}"
+}
+export -f compile_one
+export out cxx root
+export CFLAGS_SERIALIZED="${cflags[*]}"
+
+echo "run_fuzzer.sh: building ${out}/${target}_fuzzer"
+printf '%s\n' "${sources[@]}" |
+  xargs -P "${FUZZ_JOBS:-2}" -I{} bash -c \
+    'cflags=(${CFLAGS_SERIALIZED}); compile_one "$1"' _ {}
+objects=()
+for s in "${sources[@]}"; do objects+=("${out}/obj/${s//\//_}.o"); done
+"${cxx}" -fsanitize=fuzzer,address,undefined "${objects[@]}" \
+  -o "${out}/${target}_fuzzer" "${link_flags[@]}"
 
 # Seeds and past crashers join the working corpus (never overwriting it).
-for dir in "${root}/tests/fuzz/corpus/codec" "${root}/tests/fuzz/regressions/codec"; do
+for dir in "${root}/tests/fuzz/corpus/${target}" "${root}/tests/fuzz/regressions/${target}"; do
   [[ -d "${dir}" ]] || continue
   find -L "${dir}" -maxdepth 1 -type f ! -name '*.md' -exec cp -n {} "${out}/corpus/" \;
 done
@@ -58,12 +124,12 @@ done
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 
-echo "run_fuzzer.sh: fuzzing for ${seconds}s; log in ${out}/fuzz.log"
+echo "run_fuzzer.sh: fuzzing ${target} for ${seconds}s; log in ${out}/fuzz.log"
 rc=0
-"${out}/codec_fuzzer" \
+"${out}/${target}_fuzzer" \
   -max_total_time="${seconds}" \
-  -max_len=4096 \
-  -timeout=10 \
+  -max_len="${max_len}" \
+  -timeout=30 \
   -rss_limit_mb=2048 \
   -print_final_stats=1 \
   -artifact_prefix="${out}/crashes/" \
@@ -80,7 +146,7 @@ if [[ "${rc}" -ne 0 || "${crashes}" -ne 0 ]]; then
   echo "run_fuzzer.sh: FAILED (exit ${rc}, ${crashes} artifact(s) in ${out}/crashes)" >&2
   tail -n 60 "${out}/fuzz.log" >&2
   # Under Bazel, $TEST_TMPDIR is deleted: keep the reproducers and the log in
-  # bazel-testlogs/tests/fuzz/codec_fuzz_smoke_test/test.outputs/.
+  # bazel-testlogs/tests/fuzz/<test>/test.outputs/.
   if [[ -n "${TEST_UNDECLARED_OUTPUTS_DIR:-}" ]]; then
     cp -r "${out}/crashes" "${out}/fuzz.log" "${TEST_UNDECLARED_OUTPUTS_DIR}/" || true
   fi

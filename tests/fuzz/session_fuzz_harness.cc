@@ -502,7 +502,7 @@ void SessionFuzzRun::OpSecondClient(Reader& in) {
   Pump();
   SendBytes(fd.get(), bytes, {});
   Pump();
-  fd.reset();
+  fd.Reset();
   Pump();
 }
 

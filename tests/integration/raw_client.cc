@@ -42,7 +42,9 @@ absl::StatusOr<VersionPayload> RawClient::Negotiate(const std::string& json,
   v.major = 0;
   v.minor = minor;
   v.json = json;
-  dma_layout_ = minor == 0 ? DmaLayout::kQemuLegacy : DmaLayout::kSpec;
+  // Every peer, QEMU (minor 0) included, uses the spec DMA_READ/WRITE layout
+  // (QEMU 11.1 measured: docs/QEMU-INTEROP.md).
+  dma_layout_ = DmaLayout::kSpec;
   auto reply = Call(Command::kVersion, EncodeVersion(v));
   if (!reply.ok()) return reply.status();
   if (reply->header.is_error()) {
@@ -188,7 +190,8 @@ absl::Status RawClient::ServeDmaRequest(Connection& conn, Message& req) {
       return conn.Send(MakeErrorReply(req.header, r.ok() ? EFAULT : ErrnoOf(r.status())));
     }
     std::memcpy(mem->data() + (r->address - dma_window_.iova), r->data.data(), r->count);
-    // QEMU answers DMA_WRITE with a bare header; lvu-style peers echo 16 bytes.
+    // QEMU 11.1 and lvu-style peers echo 16 bytes (address, count); a
+    // legacy-layout peer would answer with a bare header.
     return conn.Send(MakeReply(req.header, dma_layout_ == DmaLayout::kQemuLegacy
                                                ? Bytes()
                                                : EncodeDmaAccessHeader(r->address, r->count)));

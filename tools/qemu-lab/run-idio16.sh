@@ -62,6 +62,7 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$SERVER" ]; then SERVER="$REPO/bazel-bin/server/devices/vfio-user-sample-server"; fi
 [ -x "$SERVER" ] || { echo "run-idio16.sh: no server binary at $SERVER (bazel build //server/devices:vfio-user-sample-server, or --server PATH)" >&2; exit 2; }
+SERVER="$(cd "$(dirname "$SERVER")" && pwd)/$(basename "$SERVER")"
 
 # The scenario.
 INPUTS=0x1234   # initial input lines

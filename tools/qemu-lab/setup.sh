@@ -85,7 +85,7 @@ ensure_apt() {
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   [ -f "$keyring" ] || die "missing $keyring (package debian-archive-keyring)"
   local suites
-  suites="$(printf '%s\n' "$QEMU_SUITE" "$GUEST_SUITE" | sort -u | tr '\n' ' ')"
+  suites="$(printf "%s\n" "$QEMU_SUITE" "$GUEST_SUITE" | sort -u | xargs)"
   local suite
   : > "$APT_DIR/sources.list"
   for suite in $suites; do
@@ -155,15 +155,22 @@ if [ "${QEMU_LAB_REFRESH:-0}" = 1 ] || [ ! -f "$GUEST_DIR/.complete" ]; then
   image="$(apt-cache "${APT_OPTS[@]}" -o "APT::Default-Release=$GUEST_SUITE" depends \
       linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"
   [ -n "$image" ] || die "no linux-image-amd64 in $GUEST_SUITE"
-  log "downloading $image and busybox-static from $GUEST_SUITE"
-  fetch_and_extract "$GUEST_SUITE" "$GUEST_DIR" "$image" busybox-static
+  # Newer Debian kernels split the image into linux-{base,binary,modules}-VER.
+  mapfile -t parts < <(apt-cache "${APT_OPTS[@]}" -o "APT::Default-Release=$GUEST_SUITE" \
+      depends "$image" | awk '/^ +Depends: linux-/ { print $2 }' | grep -F -- "${image#linux-image-}" | sort -u)
+  log "downloading $image ${parts[*]:-} and busybox-static from $GUEST_SUITE"
+  fetch_and_extract "$GUEST_SUITE" "$GUEST_DIR" "$image" "${parts[@]}" busybox-static
   touch "$GUEST_DIR/.complete"
 fi
 GROOT="$GUEST_DIR/root"
-VMLINUZ="$(ls "$GROOT"/boot/vmlinuz-* | head -n 1)"
+VMLINUZ="$(ls "$GROOT"/boot/vmlinuz-* 2>/dev/null | head -n 1)"
+[ -n "$VMLINUZ" ] || die "no kernel in $GROOT/boot (QEMU_LAB_REFRESH=1 to retry)"
 KVER="${VMLINUZ##*/vmlinuz-}"
 MODDIR="$GROOT/lib/modules/$KVER"
+[ -d "$MODDIR" ] || MODDIR="$GROOT/usr/lib/modules/$KVER"  # merged /usr
 CONFIG="$GROOT/boot/config-$KVER"
+BUSYBOX="$GROOT/bin/busybox"
+[ -x "$BUSYBOX" ] || BUSYBOX="$GROOT/usr/bin/busybox"
 for opt in CONFIG_GPIO_PCI_IDIO_16=m CONFIG_GPIO_CDEV=y CONFIG_BLK_DEV_INITRD=y CONFIG_SERIAL_8250_CONSOLE=y; do
   grep -q "^$opt\$" "$CONFIG" || die "$KVER: $opt is not set in its config"
 done
@@ -209,7 +216,7 @@ printf '%s\n' "${LOAD_ORDER[@]}" > "$WORK/modules.order"
 gcc -static -O2 -Wall -Wno-format-truncation -o "$WORK/labtool" "$HERE/guest/labtool.c"
 
 spec=(dir:bin dir:dev chr:dev/console=5:1 dir:proc dir:sys dir:lib dir:lib/modules
-      "file:bin/busybox=$GROOT/bin/busybox:755" link:bin/sh=busybox
+      "file:bin/busybox=$BUSYBOX:755" link:bin/sh=busybox
       "file:bin/labtool=$WORK/labtool:755" "file:init=$HERE/guest/init:755"
       "file:lib/modules/modules.order=$WORK/modules.order:644")
 for m in "${LOAD_ORDER[@]}"; do spec+=("file:lib/modules/$m.ko=$WORK/modules/$m.ko:644"); done
