@@ -268,7 +268,12 @@ std::unique_ptr<BenchServer> BenchServer::Start(const std::string& tag,
   const std::string control = absl::StrCat(fds[1]);
   const std::string efd = absl::StrCat(server->raw_eventfd_);
   const std::string page = absl::StrCat(page_fd);
-  std::string exe = "/proc/self/exe";
+  // The binary's own path (not "/proc/self/exe", which under a wrapper
+  // such as valgrind is the wrapper).
+  char exe_buf[4096];
+  const ssize_t exe_len = ::readlink("/proc/self/exe", exe_buf, sizeof(exe_buf) - 1);
+  CheckErrno(exe_len > 0, "readlink /proc/self/exe");
+  std::string exe(exe_buf, static_cast<size_t>(exe_len));
   std::vector<char*> args = {exe.data(),
                              const_cast<char*>(kChildFlag),
                              const_cast<char*>(control.c_str()),

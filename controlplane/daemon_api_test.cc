@@ -107,44 +107,53 @@ class ReflectionClient {
     return out;
   }
 
-  // Loads the file defining `symbol` (and its dependencies) into pool_.
+  // Loads the file defining `symbol` and everything it imports into pool_,
+  // fetching by file name whatever the server did not send along (as
+  // grpcurl does). Only what the server sends is used: pool_ has no
+  // fallback to this binary's own descriptors.
   bool LoadSymbol(const std::string& symbol) {
     reflection::ServerReflectionRequest request;
     request.set_file_containing_symbol(symbol);
-    reflection::ServerReflectionResponse response;
-    if (!stream_->Write(request) || !stream_->Read(&response)) return false;
-    if (response.has_error_response()) {
-      ADD_FAILURE() << symbol << ": " << response.error_response().error_message();
-      return false;
-    }
-    std::vector<google::protobuf::FileDescriptorProto> files;
-    for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
-      google::protobuf::FileDescriptorProto file;
-      if (!file.ParseFromString(bytes)) return false;
-      files.push_back(std::move(file));
-    }
-    // Dependencies may come in any order: add what can be built until done.
-    for (bool progress = true; progress && !files.empty();) {
-      progress = false;
-      for (auto it = files.begin(); it != files.end();) {
-        bool deps_ready = true;
-        for (const std::string& dep : it->dependency()) {
-          if (pool_.FindFileByName(dep) == nullptr &&
-              google::protobuf::DescriptorPool::generated_pool()->FindFileByName(dep) ==
-                  nullptr) {
-            deps_ready = false;
+    std::vector<google::protobuf::FileDescriptorProto> pending;
+    if (!Fetch(request, &pending)) return false;
+    for (int round = 0; round < 16 && !pending.empty(); ++round) {
+      // Dependencies may come in any order: add what can be built.
+      for (bool progress = true; progress;) {
+        progress = false;
+        for (auto it = pending.begin(); it != pending.end();) {
+          if (pool_.FindFileByName(it->name()) != nullptr) {
+            it = pending.erase(it);
+            continue;
+          }
+          bool ready = true;
+          for (const std::string& dep : it->dependency()) {
+            if (pool_.FindFileByName(dep) == nullptr) ready = false;
+          }
+          if (ready && pool_.BuildFile(*it) == nullptr) return false;
+          if (ready) {
+            it = pending.erase(it);
+            progress = true;
+          } else {
+            ++it;
           }
         }
-        if (deps_ready) {
-          if (pool_.FindFileByName(it->name()) == nullptr) pool_.BuildFile(*it);
-          it = files.erase(it);
-          progress = true;
-        } else {
-          ++it;
+      }
+      // Ask for imports nobody sent.
+      std::set<std::string> missing;
+      for (const auto& file : pending) {
+        for (const std::string& dep : file.dependency()) {
+          bool queued = false;
+          for (const auto& p : pending) queued = queued || p.name() == dep;
+          if (!queued && pool_.FindFileByName(dep) == nullptr) missing.insert(dep);
         }
       }
+      for (const std::string& name : missing) {
+        reflection::ServerReflectionRequest by_name;
+        by_name.set_file_by_filename(name);
+        if (!Fetch(by_name, &pending)) return false;
+      }
     }
-    return files.empty();
+    return pending.empty();
   }
 
   const google::protobuf::DescriptorPool& pool() const { return pool_; }
@@ -155,8 +164,24 @@ class ReflectionClient {
   std::unique_ptr<grpc::ClientReaderWriter<reflection::ServerReflectionRequest,
                                            reflection::ServerReflectionResponse>>
       stream_;
-  // Falls back to the generated pool for well-known types (timestamp, ...).
-  google::protobuf::DescriptorPool pool_{google::protobuf::DescriptorPool::generated_pool()};
+  bool Fetch(const reflection::ServerReflectionRequest& request,
+             std::vector<google::protobuf::FileDescriptorProto>* files) {
+    reflection::ServerReflectionResponse response;
+    if (!stream_->Write(request) || !stream_->Read(&response)) return false;
+    if (response.has_error_response()) {
+      ADD_FAILURE() << request.ShortDebugString() << ": "
+                    << response.error_response().error_message();
+      return false;
+    }
+    for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
+      google::protobuf::FileDescriptorProto file;
+      if (!file.ParseFromString(bytes)) return false;
+      files->push_back(std::move(file));
+    }
+    return true;
+  }
+
+  google::protobuf::DescriptorPool pool_;
 };
 
 TEST_F(DaemonApiTest, ReflectionListsAndDescribesTheServices) {

@@ -390,7 +390,7 @@ int main(int argc, char** argv) {
   usage.contains_helpshort_flags = vfio_user::controlplane::IsDaemonFlagFile;
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "vfio-userd: hosts vfio-user devices and manages them over gRPC.\n"
+      "hosts vfio-user devices and manages them over gRPC.\n"
       "  vfio-userd [flags]        (docs/CONTROLPLANE.md)\n"
       "With no flags it serves the embedded default (an idio-16 and a DMA test device) "
       "and prints grpcurl lines to try.");

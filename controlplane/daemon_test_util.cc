@@ -104,6 +104,9 @@ absl::Status Daemon::Start(std::vector<std::string> extra_flags) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
+  // A fresh connection for each daemon instance (no subchannel shared with
+  // the channel to a previous, killed instance at the same path).
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   channel_ = grpc::CreateCustomChannel(absl::StrCat("unix:", grpc_socket_),
                                        grpc::InsecureChannelCredentials(), args);
   stub_ = v1::DeviceService::NewStub(channel_);

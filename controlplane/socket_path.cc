@@ -172,10 +172,29 @@ void RemoveSocketFile(const std::string& path, dev_t dev, ino_t ino) {
 }
 
 absl::Status PrepareSocketPath(const std::string& path, absl::string_view field) {
-  absl::StatusOr<CreatedSocket> probe =
-      CreateListeningSocket(path, SocketOwnership{}, field);
-  if (!probe.ok()) return probe.status();
-  RemoveSocketFile(path, probe->dev, probe->ino);
+  if (absl::Status st = CheckSocketParents(path, field); !st.ok()) return st;
+  // Probe without binding anything there: a client connecting meanwhile
+  // must not land in the backlog of a throwaway listener.
+  struct stat before;
+  if (::lstat(path.c_str(), &before) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    const int err = errno;
+    return absl::FailedPreconditionError(absl::StrCat(field, ": ", path, ": ", ErrnoText(err)));
+  }
+  if (!S_ISSOCK(before.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": ", path, " exists and is not a socket; not replacing it"));
+  }
+  absl::StatusOr<UniqueFd> probe = ConnectUnix(path);
+  if (probe.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        field, ": ", path, " is in use: another server is listening on it"));
+  }
+  if (ErrnoOf(probe.status()) != ECONNREFUSED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": probing ", path, ": ", probe.status().message()));
+  }
+  RemoveSocketFile(path, before.st_dev, before.st_ino);  // stale: ours to clean
   return absl::OkStatus();
 }
 

@@ -206,7 +206,8 @@ int main(int argc, char** argv) {
   usage.contains_helpshort_flags = vfio_user::controlplane::IsCtlFlagFile;
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "vfio-userctl [--grpc=unix:/path] COMMAND ...\n"
+      "a command-line client for vfio-userd.\n"
+      "  vfio-userctl [--grpc=unix:/path] COMMAND ...\n"
       "  list | get NAME | create JSON|@FILE | delete NAME [--allow_missing]\n"
       "  reset NAME [--disconnect] | set-inputs NAME INPUTS [MASK]\n"
       "  watch [SINCE_REVISION] [--name=NAME] | health\n"

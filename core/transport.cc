@@ -29,6 +29,10 @@ constexpr size_t kReadAheadBytes = 64 * 1024;
 constexpr size_t kOutputCompactBytes = 64 * 1024;
 // Linux never passes more fds in one SCM_RIGHTS message (SCM_MAX_FD).
 constexpr uint32_t kKernelMaxFds = 253;
+// Longest single wait inside a blocking recvmsg() (SO_RCVTIMEO). Deadlines
+// further away keep this value, so setsockopt() is called only when a
+// deadline comes within a slice.
+constexpr absl::Duration kReceiveSlice = absl::Seconds(1);
 
 constexpr char kPeerClosedPayloadUrl[] = "vfio-user/peer-closed";
 
@@ -214,9 +218,10 @@ Connection::Connection(UniqueFd socket, TransportOptions options, Os* os)
     return;
   }
   const int flags = ::fcntl(socket_.get(), F_GETFL);
+  const int wanted =
+      options_.nonblocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
   if (flags < 0 ||
-      ((flags & O_NONBLOCK) == 0 &&
-       ::fcntl(socket_.get(), F_SETFL, flags | O_NONBLOCK) != 0)) {
+      (wanted != flags && ::fcntl(socket_.get(), F_SETFL, wanted) != 0)) {
     receive_error_ = send_error_ = ErrnoError(errno, "setting O_NONBLOCK");
   }
 }
@@ -252,22 +257,44 @@ absl::Status Connection::WaitForSocket(short events, absl::Time deadline,
 // Receiving
 
 absl::StatusOr<std::optional<Message>> Connection::Receive() {
+  Message msg;
+  absl::StatusOr<bool> got = ReceiveInto(&msg);
+  if (!got.ok()) return got.status();
+  if (!*got) return std::optional<Message>();
+  return std::optional<Message>(std::move(msg));
+}
+
+absl::StatusOr<bool> Connection::ReceiveInto(
+    Message* msg, std::optional<absl::Time> deadline_override) {
   if (!receive_error_.ok()) return receive_error_;
-  const absl::Time deadline =
-      options_.nonblocking ? absl::InfinitePast()
-                           : absl::Now() + options_.receive_timeout;
+  absl::Time deadline = absl::InfinitePast();  // non-blocking: never wait
+  if (!options_.nonblocking) {
+    if (deadline_override.has_value()) {
+      deadline = *deadline_override;
+    } else if (options_.receive_timeout == absl::InfiniteDuration()) {
+      deadline = absl::InfiniteFuture();  // spares a clock read
+    } else {
+      deadline = absl::Now() + options_.receive_timeout;
+    }
+  }
   for (;;) {
-    absl::StatusOr<std::optional<Message>> ready = TakeBufferedMessage();
+    absl::StatusOr<bool> ready = TakeBufferedMessage(msg);
     if (!ready.ok()) {
       receive_error_ = ready.status();
       return receive_error_;
     }
-    if (ready->has_value()) return ready;
+    if (*ready) return true;
 
+    if (!options_.nonblocking) {
+      absl::Status prepared = PrepareBlockingReceive(deadline);
+      if (!prepared.ok()) return prepared;  // not final: bytes are kept
+    }
     uint64_t stream_offset = 0;
     const absl::Span<uint8_t> window = NextReadWindow(&stream_offset);
-    const ssize_t n = ReceiveInto(window, stream_offset);
+    const ssize_t n =
+        ReceiveOnce(window, stream_offset, /*dont_wait=*/options_.nonblocking);
     if (n > 0) {
+      last_read_short_ = static_cast<size_t>(n) < window.size();
       if (in_large_.has_value()) {
         in_large_filled_ += static_cast<size_t>(n);
       } else {
@@ -277,7 +304,10 @@ absl::StatusOr<std::optional<Message>> Connection::Receive() {
     }
     const int err = n == 0 ? 0 : errno;
     if (n < 0 && IsWouldBlock(err)) {
-      if (options_.nonblocking) return std::optional<Message>();
+      last_read_short_ = true;
+      if (options_.nonblocking) return false;
+      // A timeout slice passed (or the fd was made non-blocking behind our
+      // back): wait with poll, which honors the deadline exactly.
       absl::Status waited = WaitForSocket(POLLIN, deadline, "receive");
       if (!waited.ok()) return waited;  // not final: buffered bytes are kept
       continue;
@@ -293,22 +323,58 @@ absl::StatusOr<std::optional<Message>> Connection::Receive() {
   }
 }
 
-absl::StatusOr<std::optional<Message>> Connection::TakeBufferedMessage() {
-  if (in_large_.has_value()) {
-    if (in_large_filled_ < in_large_->payload.size()) {
-      return std::optional<Message>();
+absl::Status Connection::PrepareBlockingReceive(absl::Time deadline) {
+  absl::Duration slice = kReceiveSlice;
+  if (deadline != absl::InfiniteFuture()) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return ErrnoError(ETIMEDOUT, "receive timed out");
     }
-    Message msg = std::move(*in_large_);
+    // Whole microseconds, rounded up: never wake before the deadline.
+    if (left < slice) slice = absl::Ceil(left, absl::Microseconds(1));
+  }
+  if (slice == receive_slice_) return absl::OkStatus();
+  const struct timeval tv = absl::ToTimeval(slice);
+  if (::setsockopt(socket_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) !=
+      0) {
+    // Without a bounded wait the next recvmsg could outlive the deadline:
+    // make it not wait at all (the EAGAIN path polls instead).
+    receive_slice_ = absl::ZeroDuration();
+    return ErrnoError(errno, "setsockopt(SO_RCVTIMEO)");
+  }
+  receive_slice_ = slice;
+  return absl::OkStatus();
+}
+
+bool Connection::InputDrained() const {
+  if (!options_.nonblocking || !receive_error_.ok() || !last_read_short_) {
+    return false;
+  }
+  if (in_large_.has_value()) {
+    return in_large_filled_ < in_large_->payload.size();
+  }
+  const size_t buffered = in_end_ - in_start_;
+  if (buffered < kHeaderSize) return true;
+  uint32_t msg_size = 0;
+  std::memcpy(&msg_size, in_buf_.data() + in_start_ + 4, sizeof(msg_size));
+  // A bad msg_size (< 16) reads as "complete": Receive() reports it.
+  return buffered < msg_size;
+}
+
+absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
+  if (in_large_.has_value()) {
+    if (in_large_filled_ < in_large_->payload.size()) return false;
+    *out = std::move(*in_large_);
     in_large_.reset();
-    const uint64_t end = in_large_offset_ + msg.header.msg_size;
-    AttachReceivedFds(end, &msg);
+    const uint64_t end = in_large_offset_ + out->header.msg_size;
+    AttachReceivedFds(end, out);
     // The read-ahead buffer stayed empty meanwhile; it resumes after `msg`.
     in_buf_offset_ = end;
-    return std::optional<Message>(std::move(msg));
+    return true;
   }
 
   const size_t buffered = in_end_ - in_start_;
-  if (buffered < kHeaderSize) return std::optional<Message>();
+  if (buffered < kHeaderSize) return false;
   const absl::Span<const uint8_t> bytes(in_buf_.data() + in_start_, buffered);
   absl::StatusOr<Header> header =
       DecodeHeader(bytes.first(kHeaderSize), options_.max_msg_size);
@@ -318,13 +384,13 @@ absl::StatusOr<std::optional<Message>> Connection::TakeBufferedMessage() {
   }
   const uint64_t msg_offset = in_buf_offset_ + in_start_;
   const size_t msg_size = header->msg_size;
-  Message msg;
-  msg.header = *header;
 
   if (msg_size > in_buf_.size()) {
     // Larger than the read-ahead buffer: the rest of it is received straight
     // into its payload. What is buffered is all its own (buffered <= buffer
     // size < msg_size).
+    Message msg;
+    msg.header = *header;
     msg.payload.resize(msg_size - kHeaderSize);
     const size_t have = buffered - kHeaderSize;
     std::memcpy(msg.payload.data(), bytes.data() + kHeaderSize, have);
@@ -332,14 +398,18 @@ absl::StatusOr<std::optional<Message>> Connection::TakeBufferedMessage() {
     in_large_ = std::move(msg);
     in_large_filled_ = have;
     in_large_offset_ = msg_offset;
-    return std::optional<Message>();
+    return false;
   }
 
-  if (buffered < msg_size) return std::optional<Message>();
-  msg.payload.assign(bytes.begin() + kHeaderSize, bytes.begin() + msg_size);
+  if (buffered < msg_size) return false;
+  out->header = *header;
+  // assign() keeps the vectors' capacity: no allocation once warmed up.
+  out->payload.assign(bytes.begin() + kHeaderSize, bytes.begin() + msg_size);
+  out->fds.clear();
+  out->fds_truncated = false;
   ConsumeInput(msg_size);
-  AttachReceivedFds(msg_offset + msg_size, &msg);
-  return std::optional<Message>(std::move(msg));
+  AttachReceivedFds(msg_offset + msg_size, out);
+  return true;
 }
 
 void Connection::ConsumeInput(size_t n) {
@@ -373,8 +443,8 @@ absl::Span<uint8_t> Connection::NextReadWindow(uint64_t* stream_offset) {
   return absl::MakeSpan(in_buf_).subspan(in_end_);
 }
 
-ssize_t Connection::ReceiveInto(absl::Span<uint8_t> window,
-                                uint64_t stream_offset) {
+ssize_t Connection::ReceiveOnce(absl::Span<uint8_t> window,
+                                uint64_t stream_offset, bool dont_wait) {
   const size_t max_fds = std::min(options_.max_fds_in, kKernelMaxFds);
   const size_t control_len =
       max_fds == 0 ? 0 : CMSG_SPACE(max_fds * sizeof(int));
@@ -390,7 +460,8 @@ ssize_t Connection::ReceiveInto(absl::Span<uint8_t> window,
     mh.msg_iovlen = 1;
     mh.msg_control = control_len == 0 ? nullptr : in_control_.data();
     mh.msg_controllen = control_len;
-    n = os_->RecvMsg(socket_.get(), &mh, MSG_CMSG_CLOEXEC);
+    n = os_->RecvMsg(socket_.get(), &mh,
+                     MSG_CMSG_CLOEXEC | (dont_wait ? MSG_DONTWAIT : 0));
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
 
@@ -482,9 +553,9 @@ absl::Status Connection::SendParts(const Header& header,
 }
 
 absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds) {
-  const absl::Time deadline =
-      options_.nonblocking ? absl::InfinitePast()
-                           : absl::Now() + options_.send_timeout;
+  // Blocking mode: the deadline starts at the first wait (the common case,
+  // a socket with room, reads no clock).
+  std::optional<absl::Time> deadline;
   while (!out.done()) {
     // The fds ride the first sendmsg that takes any byte, i.e. the header's.
     const absl::Span<const int> attach =
@@ -497,7 +568,8 @@ absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds) {
     const int err = n < 0 ? errno : EAGAIN;  // 0 bytes: no room after all
     if (IsWouldBlock(err)) {
       if (options_.nonblocking) return Enqueue(out, attach);
-      absl::Status waited = WaitForSocket(POLLOUT, deadline, "send");
+      if (!deadline.has_value()) deadline = absl::Now() + options_.send_timeout;
+      absl::Status waited = WaitForSocket(POLLOUT, *deadline, "send");
       if (!waited.ok()) return FailSend(std::move(waited), out.sent_any());
       continue;
     }
@@ -529,7 +601,9 @@ ssize_t Connection::SendOnce(const struct iovec* iov, size_t iov_count,
   }
   ssize_t n;
   do {
-    n = os_->SendMsg(socket_.get(), &mh, 0);
+    // Never wait inside sendmsg(): the socket may be blocking (see the
+    // constructor); waits are polls that honor send_timeout.
+    n = os_->SendMsg(socket_.get(), &mh, MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   return n;
 }

@@ -8,6 +8,12 @@
 // and reports it through HasPendingOutput()/FlushPending() (the owner waits
 // for POLLOUT); a blocking one polls for writability up to send_timeout.
 //
+// Syscalls per message on the hot paths: a send is one sendmsg(); a blocking
+// receive is one recvmsg() that waits for the data itself (SO_RCVTIMEO bounds
+// the wait, poll() is used only after a timeout slice or a spurious EAGAIN);
+// a non-blocking receiver that checks InputDrained() needs no recvmsg() that
+// finds nothing.
+//
 // Receiving: whole messages, whatever their size: the reader buffers, loops
 // until msg_size bytes arrived, receives fds with MSG_CMSG_CLOEXEC, and marks
 // Message::fds_truncated when the peer sent more fds than max_fds_in (the
@@ -66,9 +72,11 @@ struct TransportOptions {
 
 class Connection {
  public:
-  // Takes ownership of a connected AF_UNIX SOCK_STREAM socket. Sets
-  // O_NONBLOCK on it (all waiting is done with poll, so timeouts work in
-  // blocking mode too). `os` must outlive the Connection; nullptr = default.
+  // Takes ownership of a connected AF_UNIX SOCK_STREAM socket. Non-blocking
+  // mode sets O_NONBLOCK on it; blocking mode clears it, so that a receive
+  // can wait inside recvmsg() (bounded by SO_RCVTIMEO), while sends and
+  // timed waits still never block past their deadline (MSG_DONTWAIT and
+  // poll). `os` must outlive the Connection; nullptr = default.
   explicit Connection(UniqueFd socket, TransportOptions options = {},
                       Os* os = nullptr);
   ~Connection();
@@ -104,6 +112,23 @@ class Connection {
   // every later Receive() returns the same status (Send still works, for the
   // best-effort error reply). A timeout (ETIMEDOUT) is not final.
   absl::StatusOr<std::optional<Message>> Receive();
+
+  // Receive() into *msg, reusing the capacity of its payload and fds
+  // vectors (no allocation per message once they are large enough): the
+  // hot path of a receiver that handles one message at a time. Returns true
+  // when a message was stored, false where Receive() returns std::nullopt
+  // (*msg is then unspecified). In blocking mode `deadline`, if given,
+  // replaces now + receive_timeout. Same errors as Receive().
+  absl::StatusOr<bool> ReceiveInto(
+      Message* msg, std::optional<absl::Time> deadline = std::nullopt);
+
+  // Non-blocking mode: true when the last recvmsg() returned less than it
+  // asked for (the socket was empty then) and no whole message is buffered.
+  // A caller driven by level-triggered readiness (epoll) may then go back to
+  // waiting instead of calling Receive() again, which would cost a recvmsg()
+  // that finds nothing. False whenever a Receive() could still return
+  // something without new readiness (or report an error).
+  bool InputDrained() const;
 
   // Non-blocking output queue.
   bool HasPendingOutput() const;
@@ -141,14 +166,21 @@ class Connection {
   class OutputCursor;
 
   // ---- Receiving (receiving thread only) ----
-  // Splits one whole message off the buffered input, if there is one.
+  // Moves one whole buffered message into *msg, if there is one (true).
   // Fails (framing error) when the next header is invalid.
-  absl::StatusOr<std::optional<Message>> TakeBufferedMessage();
+  absl::StatusOr<bool> TakeBufferedMessage(Message* msg);
+  // Blocking mode: makes SO_RCVTIMEO a slice of the time left before
+  // `deadline` (at most kReceiveSlice, so it rarely changes), so that a
+  // blocking recvmsg() both waits and reads (one syscall) yet never waits
+  // past the deadline by more than a slice. ETIMEDOUT if the deadline passed.
+  absl::Status PrepareBlockingReceive(absl::Time deadline);
   // Where the next recvmsg writes, and the stream offset of that spot.
   absl::Span<uint8_t> NextReadWindow(uint64_t* stream_offset);
-  // One recvmsg into `window` (EINTR retried); fds that came with it are
-  // queued at `stream_offset`. Returns the syscall result (errno on -1).
-  ssize_t ReceiveInto(absl::Span<uint8_t> window, uint64_t stream_offset);
+  // One recvmsg into `window` (EINTR retried), waiting for data unless
+  // `dont_wait`; fds that came with it are queued at `stream_offset`.
+  // Returns the syscall result (errno on -1).
+  ssize_t ReceiveOnce(absl::Span<uint8_t> window, uint64_t stream_offset,
+                      bool dont_wait);
   // Moves the fds received for stream bytes [begin, end) into `msg`.
   void AttachReceivedFds(uint64_t end, Message* msg);
   // Drops `n` consumed bytes from the front of the read-ahead buffer.
@@ -190,6 +222,8 @@ class Connection {
   uint64_t in_large_offset_ = 0;     // stream offset of its header
   std::vector<uint64_t> in_control_;  // recvmsg control buffer (aligned)
   absl::Status receive_error_;        // sticky: framing error, EOF, reset
+  bool last_read_short_ = false;      // the last recvmsg did not fill its window
+  absl::Duration receive_slice_ = absl::ZeroDuration();  // SO_RCVTIMEO set
   std::optional<Header> last_bad_header_;
 
   // Send state: the non-blocking output queue and a sticky error.

@@ -1,6 +1,7 @@
 #include "server/dma_table.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,9 +15,47 @@
 #include "absl/strings/str_format.h"
 #include "core/errno_status.h"
 #include "core/protocol.h"
+#include "server/mapped_memory_guard.h"
 
 namespace vfio_user {
 namespace {
+
+// Process-wide usage and test overrides of the budgets (see dma_table.h).
+std::atomic<uint64_t> g_mmap_maps{0};
+std::atomic<uint64_t> g_fd_maps{0};
+std::atomic<uint64_t> g_mmap_budget_override{0};
+std::atomic<uint64_t> g_fd_budget_override{0};
+
+uint64_t MmapBudget() {
+  const uint64_t override = g_mmap_budget_override.load();
+  return override != 0 ? override : DmaTable::kProcessMmapBudget;
+}
+
+uint64_t FdBudget() {
+  const uint64_t override = g_fd_budget_override.load();
+  if (override != 0) return override;
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
+    return 1u << 20;
+  }
+  return static_cast<uint64_t>(rl.rlim_cur) / 2;
+}
+
+// Takes one unit of `counter` if that stays within `budget`.
+bool Reserve(std::atomic<uint64_t>* counter, uint64_t budget) {
+  uint64_t used = counter->load(std::memory_order_relaxed);
+  do {
+    if (used >= budget) return false;
+  } while (!counter->compare_exchange_weak(used, used + 1, std::memory_order_relaxed));
+  return true;
+}
+
+absl::Status VanishedError(uint64_t iova) {
+  return ErrnoError(
+      EFAULT, absl::StrFormat("guest memory of the DMA mapping at 0x%x vanished "
+                              "(the client shrank its file)",
+                              iova));
+}
 
 constexpr char kMessageOnlyPayloadUrl[] = "vfio-user/dma-message-only";
 constexpr uint64_t kU64Max = std::numeric_limits<uint64_t>::max();
@@ -116,7 +155,8 @@ DmaTable::HostMapping::~HostMapping() {
 
 DmaTable::HostMapping::HostMapping(HostMapping&& other) noexcept
     : base_(std::exchange(other.base_, nullptr)),
-      length_(std::exchange(other.length_, 0)) {}
+      length_(std::exchange(other.length_, 0)),
+      poisoned_(other.poisoned()) {}
 
 DmaTable::HostMapping& DmaTable::HostMapping::operator=(
     HostMapping&& other) noexcept {
@@ -124,6 +164,7 @@ DmaTable::HostMapping& DmaTable::HostMapping::operator=(
     if (base_ != nullptr) ::munmap(base_, length_);
     base_ = std::exchange(other.base_, nullptr);
     length_ = std::exchange(other.length_, 0);
+    poisoned_.store(other.poisoned(), std::memory_order_relaxed);
   }
   return *this;
 }
@@ -135,7 +176,14 @@ DmaTable::DmaTable(uint64_t max_maps, uint64_t pgsizes,
     : max_maps_(max_maps),
       min_page_size_(pgsizes != 0 ? LowestSetBit(pgsizes) : HostPageSize()),
       host_page_size_(HostPageSize()),
-      max_dirty_bitmap_bytes_(max_dirty_bitmap_bytes) {}
+      max_dirty_bitmap_bytes_(max_dirty_bitmap_bytes) {
+  InstallMappedMemoryFaultHandler();
+}
+
+void DmaTable::SetProcessBudgetsForTesting(uint64_t max_mmaps, uint64_t max_fds) {
+  g_mmap_budget_override = max_mmaps;
+  g_fd_budget_override = max_fds;
+}
 
 DmaTable::~DmaTable() = default;  // Region and LoggedRange members clean up.
 
@@ -198,6 +246,16 @@ absl::StatusOr<DmaTable::Region> DmaTable::CreateRegion(
         absl::StrFormat("DMA_MAP offset 0x%x + size 0x%x beyond file size 0x%x",
                         req.offset, req.size, st.st_size));
   }
+  region.has_fd = true;
+  std::atomic<uint64_t>* counter =
+      region.backing == DmaBacking::kMmap ? &g_mmap_maps : &g_fd_maps;
+  const uint64_t budget = region.backing == DmaBacking::kMmap ? MmapBudget() : FdBudget();
+  if (!Reserve(counter, budget)) {
+    return ErrnoError(
+        ENOSPC, absl::StrFormat("this process already holds %u %s DMA mappings",
+                                budget, DmaBackingName(region.backing)));
+  }
+  region.budget = BudgetSlot(counter);
   if (region.backing == DmaBacking::kMmap) {
     int prot = 0;
     if ((req.flags & kDmaMapFlagRead) != 0) prot |= PROT_READ;
@@ -210,6 +268,7 @@ absl::StatusOr<DmaTable::Region> DmaTable::CreateRegion(
     // Guest memory has no place in this process's core dumps (best effort).
     ::madvise(base, req.size, MADV_DONTDUMP);
     region.mapping = HostMapping(static_cast<uint8_t*>(base), req.size);
+    return region;  // the mapping keeps the memory; `fd` is closed here
   }
   region.fd = std::move(fd);
   return region;
@@ -344,11 +403,21 @@ absl::Status DmaTable::Access(uint64_t iova, uint8_t* buf, size_t len,
     const uint64_t into = piece.iova - region.iova;
     uint8_t* chunk = buf + done;
     if (region.backing == DmaBacking::kMmap) {
+      if (region.mapping.poisoned()) {
+        status = VanishedError(region.iova);
+        break;
+      }
       uint8_t* host = region.mapping.base() + into;
+      ScopedMappedAccess guard(host, piece.length);
       if (write) {
         std::memcpy(host, chunk, piece.length);
       } else {
         std::memcpy(chunk, host, piece.length);
+      }
+      if (guard.faulted()) {
+        region.mapping.Poison();
+        status = VanishedError(region.iova);
+        break;
       }
     } else {
       status = FileIo(region.fd.get(), chunk, piece.length,
@@ -411,7 +480,16 @@ absl::Status DmaTable::WithMappedRange(
                                 iova, len));
   }
   const Region& region = *pieces[0].region;
-  fn(absl::MakeSpan(region.mapping.base() + (iova - region.iova), len));
+  if (region.mapping.poisoned()) return VanishedError(region.iova);
+  uint8_t* host = region.mapping.base() + (iova - region.iova);
+  {
+    ScopedMappedAccess guard(host, len);
+    fn(absl::MakeSpan(host, len));
+    if (guard.faulted()) {
+      region.mapping.Poison();
+      return VanishedError(region.iova);
+    }
+  }
   if (write) {
     MarkDirtyLocked(iova, len);
     bytes_written_.fetch_add(len, std::memory_order_relaxed);
@@ -675,7 +753,7 @@ std::vector<DmaMapInfo> DmaTable::Snapshot() const {
   maps.reserve(regions_.size());
   for (const auto& [iova, region] : regions_) {
     maps.push_back(DmaMapInfo{region.iova, region.size, region.flags,
-                              region.offset, region.fd.valid(),
+                              region.offset, region.has_fd,
                               region.backing});
   }
   return maps;

@@ -27,9 +27,17 @@
 //   - more than max_maps maps fails with ENOSPC, as the kernel's VFIO type1
 //     IOMMU does at its dma_entry_limit: the request itself is well formed,
 //     the table is full (libvfio-user's EINVAL would blame the request).
-// A client can still shrink a memfd after it was mapped; touching the
-// truncated part then raises SIGBUS in this process. Hardening against that
-// (F_SEAL_SHRINK checks or a SIGBUS handler) is not done here.
+//   - resources a client cannot exhaust (docs/SECURITY.md): an mmap-backed
+//     map keeps no fd (it is closed once mapped); the process as a whole
+//     holds at most kProcessMmapBudget mmap-backed maps (each is a VMA, and
+//     the kernel's vm.max_map_count covers the whole process) and at most
+//     half of RLIMIT_NOFILE in FILE_IO fds; beyond, DMA_MAP fails with
+//     ENOSPC and the rest of the process keeps working.
+// A client can shrink a memfd (or any file) after it was mapped. Touching a
+// vanished page would raise SIGBUS; accesses run inside a
+// ScopedMappedAccess (server/mapped_memory_guard.h) instead, so they fail
+// with EFAULT, and the map is poisoned: every later access to it fails with
+// EFAULT until it is unmapped.
 //
 // Thread-safety: all methods are thread-safe. Map/Unmap/UnmapAll and
 // Start/StopLogging take the table's lock exclusively; accesses (Read, Write,
@@ -47,6 +55,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -103,6 +112,14 @@ class DmaTable {
   static constexpr uint64_t kMinLoggingPageSize = 4096;
   // Default cap on the memory held by dirty bitmaps, and on one report.
   static constexpr uint64_t kDefaultMaxDirtyBitmapBytes = uint64_t{256} << 20;
+  // Process-wide cap on mmap-backed maps over all tables: half of the
+  // kernel's default vm.max_map_count (65530), so that the rest of the
+  // process (malloc, thread stacks) always finds VMAs.
+  static constexpr uint64_t kProcessMmapBudget = 32768;
+
+  // Tests: overrides the process-wide budgets (mmap-backed maps, fds held
+  // by FILE_IO maps); 0 restores the default.
+  static void SetProcessBudgetsForTesting(uint64_t max_mmaps, uint64_t max_fds);
 
   // `max_maps`: the most maps held at once (the max_dma_maps capability).
   // `pgsizes`: bitmask of supported IOMMU page sizes (the pgsizes
@@ -165,6 +182,8 @@ class DmaTable {
   // protection mismatch; IsMessageOnly() for a map without an fd. With
   // write == true the range is recorded as dirty after fn returns. When
   // write == false the span is writable memory the caller must not write.
+  // If a page vanishes under fn (the client truncated its file), fn sees
+  // zeros there and the call fails with EFAULT afterwards.
   // REQUIRES: len > 0; fn must not call into this DmaTable (it would
   // deadlock against a waiting Unmap) and should be short: it delays maps
   // and unmaps.
@@ -217,10 +236,34 @@ class DmaTable {
     HostMapping(HostMapping&& other) noexcept;
     HostMapping& operator=(HostMapping&& other) noexcept;
     uint8_t* base() const { return base_; }
+    // A page vanished under an access (the client truncated the file):
+    // the mapping is no longer trusted. Any thread.
+    void Poison() const { poisoned_.store(true, std::memory_order_relaxed); }
+    bool poisoned() const { return poisoned_.load(std::memory_order_relaxed); }
 
    private:
     uint8_t* base_ = nullptr;
     size_t length_ = 0;
+    mutable std::atomic<bool> poisoned_{false};
+  };
+
+  // One unit of a process-wide budget, returned on destruction. Move-only.
+  class BudgetSlot {
+   public:
+    BudgetSlot() = default;
+    explicit BudgetSlot(std::atomic<uint64_t>* counter) : counter_(counter) {}
+    ~BudgetSlot() {
+      if (counter_ != nullptr) counter_->fetch_sub(1, std::memory_order_relaxed);
+    }
+    BudgetSlot(BudgetSlot&& other) noexcept
+        : counter_(std::exchange(other.counter_, nullptr)) {}
+    BudgetSlot& operator=(BudgetSlot&& other) noexcept {
+      std::swap(counter_, other.counter_);
+      return *this;
+    }
+
+   private:
+    std::atomic<uint64_t>* counter_ = nullptr;
   };
 
   struct Region {
@@ -230,8 +273,10 @@ class DmaTable {
     uint32_t flags = 0;
     uint64_t offset = 0;  // into fd
     DmaBacking backing = DmaBacking::kMessage;
-    UniqueFd fd;
-    HostMapping mapping;  // kMmap only: offset..offset+size of fd
+    bool has_fd = false;  // the client passed one (kMmap closes it once mapped)
+    UniqueFd fd;          // kFileIo only
+    HostMapping mapping;  // kMmap only: offset..offset+size of the fd
+    BudgetSlot budget;    // kMmap / kFileIo: the process-wide budget used
   };
 
   // Dirty bits of logging pages [first_page, last_page] (page = iova >>

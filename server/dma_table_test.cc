@@ -2,11 +2,13 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -708,12 +710,95 @@ TEST(DmaTableResourceTest, FdsAndMappingsAreReleased) {
     EXPECT_FALSE(table.Map(Req(0, kPage), Dup(memfd)).ok());
     EXPECT_FALSE(
         table.Map(Req(200 * kPage, kPage, kRW, 64 * kPage), Dup(memfd)).ok());
-    EXPECT_EQ(OpenFdCount(), baseline + 1 + 9);
-    ASSERT_TRUE(table.Unmap(0, kPage).ok());
-    EXPECT_EQ(OpenFdCount(), baseline + 1 + 8);
+    // Only the FILE_IO map keeps its fd: mmap-backed maps close theirs once
+    // mapped, so a client cannot fill our fd table with maps.
+    EXPECT_EQ(OpenFdCount(), baseline + 1 + 1);
+    ASSERT_TRUE(table.Unmap(100 * kPage, kPage).ok());
+    EXPECT_EQ(OpenFdCount(), baseline + 1);
     ASSERT_TRUE(table.StartLogging(kPage, {}).ok());
   }  // the destructor unmaps and closes the rest
   EXPECT_EQ(OpenFdCount(), baseline);
+}
+
+// ---- Hostile clients (docs/SECURITY.md) ----
+
+TEST(DmaTableHostileClientTest, TruncatedMemfdFailsAccessesInsteadOfSigbus) {
+  UniqueFd memfd = MakeMemfd(4 * kPage);
+  DmaTable table(16, kPage);
+  ASSERT_TRUE(table.Map(Req(0x10000, 4 * kPage), Dup(memfd)).ok());
+  std::vector<uint8_t> buf(2 * kPage);
+  ASSERT_TRUE(table.Read(0x10000, absl::MakeSpan(buf)).ok());
+
+  // The client shrinks its file under the mapping: pages 1.. vanish.
+  ASSERT_EQ(ftruncate(memfd.get(), kPage), 0);
+  EXPECT_TRUE(table.Read(0x10000, absl::MakeSpan(buf.data(), 16)).ok());
+  absl::Status st = table.Read(0x10000 + kPage, absl::MakeSpan(buf));
+  EXPECT_EQ(ErrnoOf(st), EFAULT) << st;
+  // From now on the map is poisoned, even where the page is still there.
+  EXPECT_EQ(ErrnoOf(table.Read(0x10000, absl::MakeSpan(buf.data(), 16))), EFAULT);
+  EXPECT_EQ(ErrnoOf(table.Write(0x10000, absl::MakeSpan(buf.data(), 16))), EFAULT);
+  EXPECT_EQ(ErrnoOf(table.WithMappedRange(0x10000, 16, false,
+                                          [](absl::Span<uint8_t>) {})),
+            EFAULT);
+  // Unmapping it is fine, and a fresh map of a healthy file works again.
+  EXPECT_TRUE(table.Unmap(0x10000, 4 * kPage).ok());
+  UniqueFd healthy = MakeMemfd(4 * kPage);
+  ASSERT_TRUE(table.Map(Req(0x10000, 4 * kPage), Dup(healthy)).ok());
+  EXPECT_TRUE(table.Write(0x10000 + 3 * kPage, absl::MakeSpan(buf.data(), 16)).ok());
+}
+
+TEST(DmaTableHostileClientTest, TruncationDuringZeroCopyAccessIsReported) {
+  UniqueFd memfd = MakeMemfd(2 * kPage);
+  DmaTable table(16, kPage);
+  ASSERT_TRUE(table.Map(Req(0, 2 * kPage), Dup(memfd)).ok());
+  uint8_t seen = 0xff;
+  absl::Status st = table.WithMappedRange(0, 2 * kPage, true, [&](absl::Span<uint8_t> m) {
+    ASSERT_EQ(ftruncate(memfd.get(), 0), 0);
+    m[kPage] = 1;  // would be SIGBUS
+    seen = m[0];   // reads the zero page put in place of the vanished one
+  });
+  EXPECT_EQ(ErrnoOf(st), EFAULT) << st;
+  EXPECT_EQ(seen, 0);
+}
+
+TEST(DmaTableHostileClientTest, SigbusOutsideAGuardedAccessIsNotSwallowed) {
+  DmaTable table(16, kPage);  // installs the handler
+  EXPECT_EXIT(
+      {
+        UniqueFd memfd = MakeMemfd(kPage);
+        auto* p = static_cast<volatile uint8_t*>(
+            mmap(nullptr, kPage, PROT_READ, MAP_SHARED, memfd.get(), 0));
+        (void)ftruncate(memfd.get(), 0);
+        (void)p[0];
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGBUS), "");
+}
+
+TEST(DmaTableHostileClientTest, ProcessWideBudgetsCapMappingsAndFds) {
+  DmaTable::SetProcessBudgetsForTesting(/*max_mmaps=*/2, /*max_fds=*/1);
+  UniqueFd memfd = MakeMemfd(8 * kPage);
+  {
+    DmaTable a(16, kPage), b(16, kPage);  // two devices, one process
+    ASSERT_TRUE(a.Map(Req(0, kPage), Dup(memfd)).ok());
+    ASSERT_TRUE(b.Map(Req(0, kPage), Dup(memfd)).ok());
+    EXPECT_EQ(ErrnoOf(a.Map(Req(kPage, kPage), Dup(memfd))), ENOSPC);
+    // Maps without an fd cost neither.
+    EXPECT_TRUE(a.Map(Req(8 * kPage, kPage), UniqueFd()).ok());
+    ASSERT_TRUE(a.Map(Req(16 * kPage, kPage, kRW | kDmaMapFlagFileIoLvu), Dup(memfd)).ok());
+    EXPECT_EQ(ErrnoOf(b.Map(Req(16 * kPage, kPage, kRW | kDmaMapFlagFileIoLvu),
+                            Dup(memfd))),
+              ENOSPC);
+    // Releasing a map returns its share.
+    ASSERT_TRUE(b.Unmap(0, kPage).ok());
+    EXPECT_TRUE(a.Map(Req(kPage, kPage), Dup(memfd)).ok());
+  }
+  {
+    DmaTable c(16, kPage);  // destroyed tables gave everything back
+    EXPECT_TRUE(c.Map(Req(0, kPage), Dup(memfd)).ok());
+    EXPECT_TRUE(c.Map(Req(kPage, kPage), Dup(memfd)).ok());
+  }
+  DmaTable::SetProcessBudgetsForTesting(0, 0);
 }
 
 }  // namespace

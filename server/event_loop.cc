@@ -72,8 +72,11 @@ void EventLoop::Post(std::function<void()> fn) {
   {
     absl::MutexLock lock(&mu_);
     posted_.push_back(std::move(fn));
+    has_posted_.store(true, std::memory_order_release);
   }
-  Wake();
+  // The loop thread drains posted work before it waits again: no wake-up
+  // (two syscalls) needed from there.
+  if (!IsLoopThread()) Wake();
 }
 
 void EventLoop::RunSync(std::function<void()> fn) {
@@ -90,10 +93,12 @@ void EventLoop::RunSync(std::function<void()> fn) {
 }
 
 bool EventLoop::DrainPosted() {
+  if (!has_posted_.load(std::memory_order_acquire)) return false;
   std::vector<std::function<void()>> batch;
   {
     absl::MutexLock lock(&mu_);
     batch.swap(posted_);
+    has_posted_.store(false, std::memory_order_release);
   }
   for (auto& fn : batch) fn();
   return !batch.empty();
@@ -106,17 +111,24 @@ EventLoop::TimerId EventLoop::RunAfter(absl::Duration delay,
     absl::MutexLock lock(&mu_);
     id = next_timer_id_++;
     timers_[id] = Timer{absl::Now() + delay, std::move(fn)};
+    has_timers_.store(true, std::memory_order_release);
   }
-  Wake();
+  // The loop thread recomputes its timeout before it waits again.
+  if (!IsLoopThread()) Wake();
   return id;
 }
 
 void EventLoop::CancelTimer(TimerId id) {
   absl::MutexLock lock(&mu_);
   timers_.erase(id);
+  has_timers_.store(!timers_.empty(), std::memory_order_release);
 }
 
 int EventLoop::NextTimeoutMs() {
+  if (!has_posted_.load(std::memory_order_acquire) &&
+      !has_timers_.load(std::memory_order_acquire)) {
+    return -1;
+  }
   absl::MutexLock lock(&mu_);
   if (!posted_.empty()) return 0;
   if (timers_.empty()) return -1;
@@ -129,6 +141,7 @@ int EventLoop::NextTimeoutMs() {
 }
 
 bool EventLoop::RunDueTimers() {
+  if (!has_timers_.load(std::memory_order_acquire)) return false;
   std::vector<std::function<void()>> due;
   {
     absl::MutexLock lock(&mu_);
@@ -141,6 +154,7 @@ bool EventLoop::RunDueTimers() {
         ++it;
       }
     }
+    has_timers_.store(!timers_.empty(), std::memory_order_release);
   }
   for (auto& fn : due) fn();
   return !due.empty();

@@ -110,6 +110,12 @@ class EventLoop : public FdWatcher {
   std::vector<std::function<void()>> posted_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<TimerId, Timer> timers_ ABSL_GUARDED_BY(mu_);
   TimerId next_timer_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Lock-free hints for the loop's per-iteration checks (written under mu_):
+  // a loop iteration with nothing posted and no timers takes no lock. A
+  // stale "nothing" is harmless: whoever adds work from another thread
+  // wakes the loop afterwards.
+  std::atomic<bool> has_posted_{false};
+  std::atomic<bool> has_timers_{false};
 };
 
 }  // namespace vfio_user

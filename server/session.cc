@@ -148,7 +148,8 @@ void Session::UpdateInterest(Connection* conn) {
 
 void Session::ReadMessages(Connection* conn) {
   for (int i = 0; i < options_.max_messages_per_wakeup && !closed_; ++i) {
-    absl::StatusOr<std::optional<Message>> got = conn->Receive();
+    // One reused Message: no allocation per message once warmed up.
+    absl::StatusOr<bool> got = conn->ReceiveInto(&in_msg_);
     if (!got.ok()) {
       if (auto bad = conn->last_bad_header(); bad && !bad->is_reply() &&
                                               !bad->no_reply()) {
@@ -159,13 +160,18 @@ void Session::ReadMessages(Connection* conn) {
       Close(got.status());
       return;
     }
-    if (!got->has_value()) return;  // EAGAIN: wait for more bytes
-    HandleMessage(conn, std::move(**got));
+    if (!*got) return;  // EAGAIN: wait for more bytes
+    HandleMessage(conn, in_msg_);
+    in_msg_.fds.clear();  // whatever a handler did not take is closed now
     if (closed_) return;
     if (conn->HasPendingOutput()) {
       UpdateInterest(conn);
       return;
     }
+    // The socket was empty at the last read and no whole message is
+    // buffered: back to epoll (level-triggered, so bytes that arrive
+    // meanwhile wake us) rather than a recvmsg() that finds nothing.
+    if (conn->InputDrained()) return;
   }
   // Budget exhausted with data possibly still buffered: come back later
   // without waiting for a new edge (level-triggered epoll covers the socket;
@@ -177,10 +183,10 @@ void Session::ReadMessages(Connection* conn) {
   }
 }
 
-void Session::HandleMessage(Connection* conn, Message msg) {
+void Session::HandleMessage(Connection* conn, Message& msg) {
   device_->mutable_counters().messages++;
   if (msg.header.is_reply()) {
-    HandleReply(std::move(msg));
+    HandleReply(msg);
     return;
   }
   if (conn != conn_.get()) {
@@ -188,7 +194,7 @@ void Session::HandleMessage(Connection* conn, Message msg) {
     Close(ErrnoError(EPROTO, "command received on the twin socket"));
     return;
   }
-  HandleCommand(std::move(msg));
+  HandleCommand(msg);
 }
 
 void Session::SendOrClose(Connection* conn, const Message& msg) {
@@ -196,7 +202,18 @@ void Session::SendOrClose(Connection* conn, const Message& msg) {
   if (!st.ok()) Close(st);
 }
 
-void Session::HandleCommand(Message msg) {
+void Session::SendReplyOrClose(const Header& request,
+                               absl::Span<const uint8_t> part1,
+                               absl::Span<const uint8_t> part2) {
+  Header reply;
+  reply.msg_id = request.msg_id;
+  reply.cmd = request.cmd;
+  reply.flags = kFlagsTypeReply;
+  absl::Status st = conn_->SendParts(reply, part1, part2);
+  if (!st.ok()) Close(st);
+}
+
+void Session::HandleCommand(Message& msg) {
   const Header request = msg.header;
   if (!negotiated_ && msg.command() != Command::kVersion) {
     if (!request.no_reply()) {
@@ -206,12 +223,19 @@ void Session::HandleCommand(Message msg) {
                                           " before VERSION")));
     return;
   }
-  if (msg.command() == Command::kRegionRead) {
-    absl::Status st = HandleRegionRead(msg);
+  // The hot path: region accesses reply from the stack (no Reply vector).
+  if (msg.command() == Command::kRegionRead ||
+      msg.command() == Command::kRegionWrite) {
+    const bool is_read = msg.command() == Command::kRegionRead;
+    absl::Status st = is_read ? HandleRegionRead(msg) : HandleRegionWrite(msg);
     if (!st.ok()) {
       device_->mutable_counters().errors++;
-      Log(LogLevel::kDebug, "session", "REGION_READ failed",
-          {{"device", device_->name()}, {"error", st.ToString()}});
+      // Reads of unimplemented registers are routine: debug level for them.
+      Log(is_read ? LogLevel::kDebug : LogLevel::kWarn, "session",
+          is_read ? "REGION_READ failed" : "command failed",
+          {{"device", device_->name()},
+           {"cmd", CommandName(request.cmd)},
+           {"error", st.ToString()}});
       if (!request.no_reply()) SendOrClose(conn_.get(), MakeErrorReply(request, ErrnoOf(st)));
     }
     return;
@@ -233,6 +257,10 @@ void Session::HandleCommand(Message msg) {
     return;
   }
   if (request.no_reply()) return;
+  if (!reply->owned_fd && reply->fd < 0) {
+    SendReplyOrClose(request, reply->payload);
+    return;
+  }
   Message out = MakeReply(request, std::move(reply->payload));
   if (reply->owned_fd) {
     out.fds.push_back(std::move(reply->owned_fd));
@@ -279,8 +307,6 @@ absl::StatusOr<Session::Reply> Session::Dispatch(Message& msg) {
     }
     case Command::kDeviceSetIrqs:
       return HandleSetIrqs(msg);
-    case Command::kRegionWrite:
-      return HandleRegionWrite(msg);
     case Command::kDeviceReset: {
       if (absl::Status st = RejectFds(msg); !st.ok()) return st;
       if (absl::Status st = DecodeEmptyPayload(payload); !st.ok()) return st;
@@ -304,6 +330,7 @@ absl::StatusOr<Session::Reply> Session::Dispatch(Message& msg) {
     case Command::kDmaWrite:
       return ErrnoError(EINVAL, "DMA_READ/DMA_WRITE are server-to-client requests");
     case Command::kRegionRead:
+    case Command::kRegionWrite:
       break;  // handled before Dispatch
   }
   return ErrnoError(ENOSYS, absl::StrCat("unknown command ", msg.header.cmd));
@@ -436,22 +463,22 @@ absl::Status Session::HandleRegionRead(Message& msg) {
   if (msg.header.no_reply()) return absl::OkStatus();
   uint8_t access[16];
   EncodeRegionAccessHeaderTo(req->offset, req->region, req->count, access);
-  Header h = msg.header;
-  h.flags = kFlagsTypeReply;
-  h.error = 0;
-  absl::Status sent = conn_->SendParts(h, ByteSpan(access, sizeof(access)), data);
-  if (!sent.ok()) Close(sent);
+  SendReplyOrClose(msg.header, ByteSpan(access, sizeof(access)), data);
   return absl::OkStatus();
 }
 
-absl::StatusOr<Session::Reply> Session::HandleRegionWrite(Message& msg) {
+absl::Status Session::HandleRegionWrite(Message& msg) {
   if (absl::Status st = RejectFds(msg); !st.ok()) return st;
   auto req = DecodeRegionWriteRequest(ByteSpan(msg.payload), limits());
   if (!req.ok()) return req.status();
   absl::Status st = device_->RegionWrite(req->region, req->offset, req->data);
   if (!st.ok()) return st;
   device_->mutable_counters().region_writes++;
-  return Reply{EncodeRegionAccessHeader(req->offset, req->region, req->count)};
+  if (msg.header.no_reply()) return absl::OkStatus();
+  uint8_t access[16];
+  EncodeRegionAccessHeaderTo(req->offset, req->region, req->count, access);
+  SendReplyOrClose(msg.header, ByteSpan(access, sizeof(access)));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Session::Reply> Session::HandleWriteMulti(Message& msg) {
@@ -472,7 +499,7 @@ absl::StatusOr<Session::Reply> Session::HandleWriteMulti(Message& msg) {
   return Reply{EncodeRegionWriteMultiReply(completed)};
 }
 
-void Session::HandleReply(Message msg) {
+void Session::HandleReply(Message& msg) {
   auto it = pending_dma_.find(msg.header.msg_id);
   if (it == pending_dma_.end() ||
       (msg.header.cmd != static_cast<uint16_t>(Command::kDmaRead) &&

@@ -103,9 +103,11 @@ class Session {
 
   void OnSocketEvent(Connection* conn, uint32_t events);
   void ReadMessages(Connection* conn);
-  void HandleMessage(Connection* conn, Message msg);
-  void HandleReply(Message msg);
-  void HandleCommand(Message msg);
+  // `msg` is the session's reused receive buffer: handlers may move parts
+  // out (fds) but must not keep references to it.
+  void HandleMessage(Connection* conn, Message& msg);
+  void HandleReply(Message& msg);
+  void HandleCommand(Message& msg);
   absl::StatusOr<Reply> Dispatch(Message& msg);
   absl::StatusOr<Reply> HandleVersion(Message& msg);
   absl::StatusOr<Reply> HandleDmaMap(Message& msg);
@@ -114,12 +116,16 @@ class Session {
   absl::StatusOr<Reply> HandleRegionIoFds(Message& msg);
   absl::StatusOr<Reply> HandleSetIrqs(Message& msg);
   absl::Status HandleRegionRead(Message& msg);  // sends its own reply
-  absl::StatusOr<Reply> HandleRegionWrite(Message& msg);
+  absl::Status HandleRegionWrite(Message& msg);  // sends its own reply
   absl::StatusOr<Reply> HandleWriteMulti(Message& msg);
   absl::StatusOr<Reply> HandleDeviceFeature(Message& msg);
   absl::StatusOr<Reply> HandleMigDataRead(Message& msg);
   absl::StatusOr<Reply> HandleMigDataWrite(Message& msg);
   void SendOrClose(Connection* conn, const Message& msg);
+  // Sends the success reply to `request` on the main socket (header + up to
+  // two payload pieces, no fds); closes the session if that fails.
+  void SendReplyOrClose(const Header& request, absl::Span<const uint8_t> part1,
+                        absl::Span<const uint8_t> part2 = {});
   void UpdateInterest(Connection* conn);
   void StartDmaChunk(std::shared_ptr<PendingDma> op);
   void FailPendingDma(const absl::Status& why);
@@ -138,6 +144,7 @@ class Session {
   Capabilities peer_caps_;
   DmaLayout dma_layout_ = DmaLayout::kSpec;
   std::vector<uint8_t> read_buf_;  // reused REGION_READ buffer
+  Message in_msg_;                 // reused receive buffer (ReadMessages)
 
   // Outstanding server->client DMA requests by msg_id.
   uint16_t next_dma_msg_id_ = 1;

@@ -48,7 +48,7 @@ core_wire=(core/codec.cc core/errno_status.cc core/protocol.cc core/wire_buffer.
 core_all=("${core_wire[@]}" core/log.cc core/message.cc core/os.cc
   core/request_tracker.cc core/transport.cc core/version.cc)
 server_all=(server/device.cc server/device_server.cc server/dma_table.cc
-  server/event_loop.cc server/irq_controller.cc server/session.cc
+  server/mapped_memory_guard.cc   server/event_loop.cc server/irq_controller.cc server/session.cc
   server/session_migration.cc server/pci/config_space.cc server/pci/msix.cc
   server/devices/idio16.cc server/devices/dma_engine_device.cc)
 client_all=(client/client.cc client/dma_space.cc client/guest_memory.cc
@@ -71,7 +71,8 @@ case "${target}" in
     max_len=16384
     ;;
   client)
-    sources=("${core_all[@]}" "${client_all[@]}" tests/fuzz/client_fuzz_harness.cc
+    sources=("${core_all[@]}" "${client_all[@]}" tests/fuzz/client_exercise.cc
+      tests/fuzz/client_fuzz_harness.cc
       tests/fuzz/client_fuzzer.cc)
     libs+=(protobuf)
     max_len=16384

@@ -140,13 +140,14 @@ QEMU_BIN="$QROOT/usr/bin/qemu-system-x86_64"
 [ -x "$QEMU_LD" ] && [ -x "$QEMU_BIN" ] || die "QEMU not found under $QROOT (QEMU_LAB_REFRESH=1 to retry)"
 QEMU_LIBPATH="$QLIB:$QROOT/lib/x86_64-linux-gnu"
 # Every library must resolve inside the private root.
-if "$QEMU_LD" --library-path "$QEMU_LIBPATH" --list "$QEMU_BIN" | grep -q 'not found'; then
-  "$QEMU_LD" --library-path "$QEMU_LIBPATH" --list "$QEMU_BIN" | grep 'not found' >&2
+QEMU_LIBS="$("$QEMU_LD" --library-path "$QEMU_LIBPATH" --list "$QEMU_BIN" 2>&1 || true)"
+if grep -q 'not found' <<< "$QEMU_LIBS"; then
+  grep 'not found' <<< "$QEMU_LIBS" >&2
   die "QEMU's libraries are incomplete"
 fi
 QEMU_VERSION="$("$QEMU_LD" --library-path "$QEMU_LIBPATH" "$QEMU_BIN" --version | head -n 1)"
-"$QEMU_LD" --library-path "$QEMU_LIBPATH" "$QEMU_BIN" -device help 2>/dev/null |
-    grep -q '"vfio-user-pci"' || die "$QEMU_VERSION has no vfio-user-pci device"
+QEMU_DEVICES="$("$QEMU_LD" --library-path "$QEMU_LIBPATH" "$QEMU_BIN" -device help 2>/dev/null || true)"
+grep -q '"vfio-user-pci"' <<< "$QEMU_DEVICES" || die "$QEMU_VERSION has no vfio-user-pci device"
 
 # ---- 2. Guest kernel and busybox ----
 GUEST_DIR="$CACHE/guest-$GUEST_SUITE"
@@ -163,12 +164,20 @@ if [ "${QEMU_LAB_REFRESH:-0}" = 1 ] || [ ! -f "$GUEST_DIR/.complete" ]; then
   touch "$GUEST_DIR/.complete"
 fi
 GROOT="$GUEST_DIR/root"
-VMLINUZ="$(ls "$GROOT"/boot/vmlinuz-* 2>/dev/null | head -n 1)"
-[ -n "$VMLINUZ" ] || die "no kernel in $GROOT/boot (QEMU_LAB_REFRESH=1 to retry)"
-KVER="${VMLINUZ##*/vmlinuz-}"
+# Debian 12: /boot/vmlinuz-VER, /boot/config-VER, /lib/modules/VER.
+# Newer: /usr/lib/modules/VER/{vmlinuz,config}.
+VMLINUZ="$(ls "$GROOT"/boot/vmlinuz-* 2>/dev/null | head -n 1 || true)"
+if [ -n "$VMLINUZ" ]; then
+  KVER="${VMLINUZ##*/vmlinuz-}"
+  CONFIG="$GROOT/boot/config-$KVER"
+else
+  VMLINUZ="$(ls "$GROOT"/usr/lib/modules/*/vmlinuz 2>/dev/null | head -n 1 || true)"
+  [ -n "$VMLINUZ" ] || die "no kernel under $GROOT (QEMU_LAB_REFRESH=1 to retry)"
+  KVER="$(basename "$(dirname "$VMLINUZ")")"
+  CONFIG="$(dirname "$VMLINUZ")/config"
+fi
 MODDIR="$GROOT/lib/modules/$KVER"
-[ -d "$MODDIR" ] || MODDIR="$GROOT/usr/lib/modules/$KVER"  # merged /usr
-CONFIG="$GROOT/boot/config-$KVER"
+[ -d "$MODDIR" ] || MODDIR="$GROOT/usr/lib/modules/$KVER"
 BUSYBOX="$GROOT/bin/busybox"
 [ -x "$BUSYBOX" ] || BUSYBOX="$GROOT/usr/bin/busybox"
 for opt in CONFIG_GPIO_PCI_IDIO_16=m CONFIG_GPIO_CDEV=y CONFIG_BLK_DEV_INITRD=y CONFIG_SERIAL_8250_CONSOLE=y; do
