@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Command 2 of the README: install what is missing, run every test.
-# Prints "N passed, N failed" (counted from the GoogleTest XML files) last.
+# Command 2 of the README: install what is missing, run every test, then run
+# the native tests again under AddressSanitizer + UndefinedBehaviorSanitizer
+# (--config=asan, docs/SECURITY.md).
+# Prints "N passed, N failed" (counted from the GoogleTest XML files of both
+# runs) last. VFIO_USER_ASAN=0 skips the sanitizer run.
 set -euo pipefail
 cd "$(dirname "$0")"
 tools/install-deps.sh
@@ -12,6 +15,15 @@ fi
 rc=0
 bazel test --config=ci "$@" //... </dev/null || rc=$?
 
+# The sanitizer run: everything but the libFuzzer smoke tests, which build
+# their own ASan+UBSan binaries with clang and just ran above.
+asan_targets=(//... -//tests/fuzz:codec_fuzz_smoke_test -//tests/fuzz:fuzz_smoke_test)
+testlogs=(bazel-testlogs/)
+if [ "${VFIO_USER_ASAN:-1}" != "0" ]; then
+  bazel test --config=ci --config=asan "$@" -- "${asan_targets[@]}" </dev/null || rc=$?
+  testlogs+=("$(bazel info --config=ci --config=asan bazel-testlogs 2>/dev/null)/")
+fi
+
 passed=0; failed=0
 while IFS= read -r xml; do
   t=$(grep -o -m1 '<testsuites [^>]*' "$xml" | sed -n 's/.* tests="\([0-9]*\)".*/\1/p' || true)
@@ -22,7 +34,7 @@ while IFS= read -r xml; do
   fi
   f=$(( ${f:-0} + ${e:-0} ))
   passed=$((passed + t - f)); failed=$((failed + f))
-done < <(find -L bazel-testlogs/ -name test.xml 2>/dev/null)
+done < <(find -L "${testlogs[@]}" -name test.xml 2>/dev/null)
 if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # build error, crash, timeout
 echo "$passed passed, $failed failed"
 exit "$rc"

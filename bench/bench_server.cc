@@ -158,6 +158,8 @@ int ServeMain(int control_fd, int raw_eventfd, SharedPage* shared,
                                  std::move(mmap_options)),
             "DeviceServer mmap");
   loop->StartThread("bench-loop");
+  // Start-up ends here: both sockets listen and the loop thread runs.
+  shared->listening_ns.store(NowNs(), std::memory_order_release);
 
   const Command ready{Op::kReady};
   WriteFull(control_fd, &ready, sizeof(ready));
@@ -239,6 +241,7 @@ void RunBenchServerChildIfAsked(int argc, char** argv) {
   }
   // Die with the parent rather than linger if it crashes.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  ConfigureProcess();
   const int control_fd = ParseFd(argv[2]);
   const int raw_eventfd = ParseFd(argv[3]);
   SharedPage* shared = MapSharedPage(ParseFd(argv[4]));

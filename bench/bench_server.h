@@ -42,7 +42,8 @@ inline constexpr uint32_t kMemoryBarSize = 4u << 20;
 
 // A page shared by the parent and the server process.
 struct SharedPage {
-  std::atomic<int64_t> trigger_ns{0};  // when the last interrupt was raised
+  std::atomic<int64_t> trigger_ns{0};    // when the last interrupt was raised
+  std::atomic<int64_t> listening_ns{0};  // when both devices started listening
 };
 
 // If argv asks for it (the BenchServer child), runs the server process and

@@ -24,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
+#include "absl/synchronization/mutex.h"
 
 namespace vfio_user {
 namespace bench {
@@ -35,7 +36,15 @@ int BenchConfig::Iters(int n) const {
 
 int BenchConfig::Rounds(int n) const { return smoke ? 1 : n; }
 
+void ConfigureProcess() {
+  const char* keep = std::getenv("BENCH_MUTEX_DEADLOCK_DETECTION");
+  if (keep == nullptr || std::strcmp(keep, "1") != 0) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
+}
+
 BenchConfig ParseArgs(int argc, char** argv) {
+  ConfigureProcess();
   BenchConfig config;
   config.argv0 = argc > 0 ? argv[0] : "";
   for (int i = 1; i < argc; ++i) {
@@ -123,32 +132,80 @@ std::vector<double> TimeCalls(int iters, const std::function<void()>& fn) {
 
 }  // namespace
 
-Comparison Interleave(int rounds, int iters, const std::function<void()>& floor,
-                      const std::function<void()>& subject) {
-  return InterleaveRounds(
-      rounds, iters, [&](int n) { return TimeCalls(n, floor); },
-      [&](int n) { return TimeCalls(n, subject); });
+int64_t ProcessCpuNs(pid_t pid) {
+  clockid_t clock = CLOCK_PROCESS_CPUTIME_ID;
+  if (pid != 0 && ::clock_getcpuclockid(pid, &clock) != 0) return -1;
+  struct timespec ts;
+  if (::clock_gettime(clock, &ts) != 0) return -1;
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
 }
 
+Comparison Interleave(int rounds, int iters, const std::function<void()>& floor,
+                      const std::function<void()>& subject,
+                      const Processes& floor_processes,
+                      const Processes& subject_processes) {
+  return InterleaveRounds(
+      rounds, iters, [&](int n) { return TimeCalls(n, floor); },
+      [&](int n) { return TimeCalls(n, subject); }, floor_processes,
+      subject_processes);
+}
+
+namespace {
+
+// Runs `measure(iters)`, appending its samples to `samples` and the CPU
+// time of `processes` it took to `*cpu_ns` (left alone if unreadable).
+void MeasureRound(const RoundFn& measure, int iters, const Processes& processes,
+                  std::vector<double>* samples, double* cpu_ns) {
+  const auto total = [&]() -> int64_t {
+    int64_t sum = 0;
+    for (pid_t pid : processes) {
+      const int64_t t = ProcessCpuNs(pid);
+      if (t < 0) return -1;
+      sum += t;
+    }
+    return sum;
+  };
+  const int64_t before = processes.empty() ? -1 : total();
+  for (double v : measure(iters)) samples->push_back(v);
+  const int64_t after = before < 0 ? -1 : total();
+  if (before >= 0 && after >= before) *cpu_ns += static_cast<double>(after - before);
+}
+
+}  // namespace
+
 Comparison InterleaveRounds(int rounds, int iters, const RoundFn& measure_floor,
-                            const RoundFn& measure_subject) {
+                            const RoundFn& measure_subject,
+                            const Processes& floor_processes,
+                            const Processes& subject_processes) {
   // Warm-up: caches, page faults, lazy allocations on both paths.
   const int warm = std::max(1, std::min(iters, 200));
   measure_floor(warm);
   measure_subject(warm);
   std::vector<double> floor_samples, subject_samples;
+  double floor_cpu = 0, subject_cpu = 0;
   for (int r = 0; r < rounds; ++r) {
     // Alternate the order so neither always runs right after the other.
     if (r % 2 == 0) {
-      for (double v : measure_floor(iters)) floor_samples.push_back(v);
-      for (double v : measure_subject(iters)) subject_samples.push_back(v);
+      MeasureRound(measure_floor, iters, floor_processes, &floor_samples,
+                   &floor_cpu);
+      MeasureRound(measure_subject, iters, subject_processes,
+                   &subject_samples, &subject_cpu);
     } else {
-      for (double v : measure_subject(iters)) subject_samples.push_back(v);
-      for (double v : measure_floor(iters)) floor_samples.push_back(v);
+      MeasureRound(measure_subject, iters, subject_processes,
+                   &subject_samples, &subject_cpu);
+      MeasureRound(measure_floor, iters, floor_processes, &floor_samples,
+                   &floor_cpu);
     }
   }
-  return {Summarize(std::move(floor_samples)),
-          Summarize(std::move(subject_samples))};
+  Comparison c{Summarize(std::move(floor_samples)),
+               Summarize(std::move(subject_samples))};
+  if (!floor_processes.empty() && c.floor.samples > 0) {
+    c.floor_cpu_ns = floor_cpu / static_cast<double>(c.floor.samples);
+  }
+  if (!subject_processes.empty() && c.subject.samples > 0) {
+    c.subject_cpu_ns = subject_cpu / static_cast<double>(c.subject.samples);
+  }
+  return c;
 }
 
 // ---------------------------------------------------------------------------
@@ -286,25 +343,44 @@ Report::Report(std::string title, std::string target, const BenchConfig& config)
   if (config.smoke) args_ += " --smoke";
 }
 
+namespace {
+
+// "12.3 µs / 13.1 µs (1.065x)", or "-" when not measured.
+std::string CpuColumn(const Comparison& c, bool as_share) {
+  if (c.floor_cpu_ns <= 0 || c.subject_cpu_ns <= 0) return "-";
+  if (as_share) {
+    return absl::StrFormat("%s / %s (%.0f%%)", FormatNs(c.floor_cpu_ns),
+                           FormatNs(c.subject_cpu_ns),
+                           100.0 * c.floor_cpu_ns / c.subject_cpu_ns);
+  }
+  return absl::StrFormat("%s / %s (%.3fx)", FormatNs(c.floor_cpu_ns),
+                         FormatNs(c.subject_cpu_ns),
+                         c.subject_cpu_ns / c.floor_cpu_ns);
+}
+
+}  // namespace
+
 void Report::Latency(const std::string& what, const std::string& floor_name,
                      const Comparison& c) {
   latency_rows_.push_back(absl::StrFormat(
-      "| %s | %s | %s / %s | %s / %s | %s | **%.3fx** |", what, floor_name,
-      FormatNs(c.floor.median_ns), FormatNs(c.floor.p99_ns),
+      "| %s | %s | %s / %s | %s / %s | %s | **%.3fx** | %s |", what,
+      floor_name, FormatNs(c.floor.median_ns), FormatNs(c.floor.p99_ns),
       FormatNs(c.subject.median_ns), FormatNs(c.subject.p99_ns),
       FormatOps(c.subject.ops_per_s),
-      c.floor.median_ns > 0 ? c.subject.median_ns / c.floor.median_ns : 0));
+      c.floor.median_ns > 0 ? c.subject.median_ns / c.floor.median_ns : 0,
+      CpuColumn(c, /*as_share=*/false)));
 }
 
 void Report::Bandwidth(const std::string& what, const std::string& floor_name,
                        uint64_t bytes, const Comparison& c) {
   bandwidth_rows_.push_back(absl::StrFormat(
-      "| %s | %s | %s | %s (%s) | %s (%s) | **%.0f%%** |", what,
+      "| %s | %s | %s | %s (%s) | %s (%s) | **%.0f%%** | %s |", what,
       FormatBytes(bytes), floor_name, FormatBandwidth(bytes, c.floor.median_ns),
       FormatNs(c.floor.median_ns), FormatBandwidth(bytes, c.subject.median_ns),
       FormatNs(c.subject.median_ns),
       c.subject.median_ns > 0 ? 100.0 * c.floor.median_ns / c.subject.median_ns
-                              : 0));
+                              : 0,
+      CpuColumn(c, /*as_share=*/true)));
 }
 
 void Report::Throughput(const std::string& what, const std::string& floor_name,
@@ -330,15 +406,17 @@ void Report::Print() const {
     absl::StrAppend(
         &out,
         "| Operation | Floor | Floor median / p99 | Ours median / p99 | "
-        "Ours ops/s | Ratio (median) |\n",
-        "|---|---|---|---|---|---|\n", absl::StrJoin(latency_rows_, "\n"),
+        "Ours ops/s | Ratio (median) | CPU per op, both processes: floor / "
+        "ours (ratio) |\n",
+        "|---|---|---|---|---|---|---|\n", absl::StrJoin(latency_rows_, "\n"),
         "\n\n");
   }
   if (!bandwidth_rows_.empty()) {
     absl::StrAppend(&out,
                     "| Operation | Size | Floor | Floor (median time) | "
-                    "Ours (median time) | Share of floor |\n",
-                    "|---|---|---|---|---|---|\n",
+                    "Ours (median time) | Share of floor | CPU per op, both "
+                    "processes: floor / ours (share) |\n",
+                    "|---|---|---|---|---|---|---|\n",
                     absl::StrJoin(bandwidth_rows_, "\n"), "\n\n");
   }
   if (!throughput_rows_.empty()) {

@@ -50,6 +50,15 @@ struct BenchConfig {
 };
 BenchConfig ParseArgs(int argc, char** argv);
 
+// Process-wide settings every bench process (client and server side)
+// applies: absl::Mutex deadlock detection off. Debian's Abseil is built
+// without NDEBUG, which leaves that debugging aid on: every Mutex::Lock then
+// updates a global lock graph under a global spinlock (hundreds of
+// instructions per lock). Release binaries should turn it off the same way;
+// BENCH_MUTEX_DEADLOCK_DETECTION=1 in the environment keeps it on, to show
+// what it costs.
+void ConfigureProcess();
+
 // Pins the calling thread (and so everything it forks or spawns afterwards)
 // to `cpu`; no-op for cpu < 0. Dies on failure.
 void PinToCpu(int cpu);
@@ -79,21 +88,37 @@ struct Summary {
 // REQUIRES: !samples.empty().
 Summary Summarize(std::vector<double> samples);
 
+// CPU time consumed so far by process `pid` (0 = this process), all its
+// threads, in nanoseconds (clock_getcpuclockid). -1 if it cannot be read.
+int64_t ProcessCpuNs(pid_t pid);
+
+// The processes whose CPU time an operation costs (0 = this process).
+using Processes = std::vector<pid_t>;
+
 // Runs `floor` and `subject` alternately for `rounds` rounds of `iters`
 // timed calls each (after one untimed warm-up round), and summarizes the
-// per-call times of each.
+// per-call times of each. With the processes involved given, it also
+// measures the CPU time per operation summed over them: with every process
+// pinned to one CPU that sum is what the wall-clock time would be on an
+// otherwise idle machine, and it is not inflated by other load.
 struct Comparison {
   Summary floor;
   Summary subject;
+  double floor_cpu_ns = 0;    // 0: not measured
+  double subject_cpu_ns = 0;
 };
 Comparison Interleave(int rounds, int iters, const std::function<void()>& floor,
-                      const std::function<void()>& subject);
+                      const std::function<void()>& subject,
+                      const Processes& floor_processes = {},
+                      const Processes& subject_processes = {});
 
 // A measurement made elsewhere (e.g. in the server process) for one round:
 // `measure_floor(iters)` / `measure_subject(iters)` return per-call times.
 using RoundFn = std::function<std::vector<double>(int iters)>;
 Comparison InterleaveRounds(int rounds, int iters, const RoundFn& measure_floor,
-                            const RoundFn& measure_subject);
+                            const RoundFn& measure_subject,
+                            const Processes& floor_processes = {},
+                            const Processes& subject_processes = {});
 
 // ---- Processes ----
 

@@ -46,8 +46,12 @@ std::unique_ptr<RawPeer> RawPeer::Start(size_t request_bytes,
   CheckErrno(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0,
              "socketpair");
   const pid_t pid = ForkChild([&] {
-    ::close(fds[0]);
-    return AnswerLoop(fds[1], request_bytes, reply_bytes,
+    // Keep only our end: inherited ends of other peers' sockets would keep
+    // them from seeing EOF when their parent closes.
+    const int fd = fds[1];
+    ::close_range(3, static_cast<unsigned>(fd) - 1, 0);
+    ::close_range(static_cast<unsigned>(fd) + 1, ~0u, 0);
+    return AnswerLoop(fd, request_bytes, reply_bytes,
                       std::max<size_t>(1, reply_every));
   });
   ::close(fds[1]);

@@ -42,6 +42,7 @@ class RawPeer {
   void ReceiveReplies(size_t n);
 
   size_t request_bytes() const { return request_bytes_; }
+  pid_t pid() const { return pid_; }
   size_t reply_bytes() const { return reply_bytes_; }
 
  private:

@@ -1,6 +1,7 @@
 #include "client/client.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -29,6 +30,9 @@ constexpr int kRegionInfoAttempts = 3;
 constexpr uint32_t kMessageOverhead = 64;
 // Protocol violations logged at warn level per link (then debug).
 constexpr uint64_t kLoudViolations = 10;
+// Link::reader while the main receiver thread holds the reader role.
+constexpr char kReceiverRoleTag = 0;
+const void* const kReceiverRole = &kReceiverRoleTag;
 
 absl::Status DisconnectError(const absl::Status& why) {
   absl::Status status = ErrnoError(
@@ -202,14 +206,50 @@ struct Client::AtomicCounters {
   }
 };
 
+// One requester waiting for its reply (it lives on the requester's stack).
+// Its fields are guarded by link->io_mu.
+struct Client::ReplyWaiter {
+  explicit ReplyWaiter(Link* owner) : link(owner) {}
+
+  // The tracker's callback: stores the outcome and wakes the requester
+  // (absl::Mutex re-evaluates Ready() on unlock).
+  void Deliver(absl::StatusOr<Message> outcome);
+  // Await() condition: the reply (or failure) is here, or the reader role
+  // was handed to us.
+  static bool Ready(ReplyWaiter* waiter);
+
+  Link* const link;
+  bool done = false;
+  bool queued = false;  // in link->role_queue
+  absl::StatusOr<Message> result;
+};
+
 // One connection to the server (main socket, optional twin socket) with its
 // own request tracker, so msg_ids and late replies never cross connections.
+//
+// Reading the main socket: exactly one thread reads it at a time, the holder
+// of the reader role (`reader`). Until a twin socket carries the server's
+// requests, the main receiver thread holds it and delivers replies through
+// the tracker (a thread hop per reply). With a twin socket the main socket
+// carries nothing but replies, and `requesters_read` is set: a requester
+// takes the free role and reads until its own reply arrives (delivering
+// others' on the way), then hands the role to the longest-waiting requester.
+// A round trip is then one sendmsg() and one recvmsg() on the requester's
+// thread, with no wake-up of another thread. The receiver thread only
+// watches for the server hanging up (poll for POLLRDHUP, which arriving
+// data does not wake) and then drains what is left.
 struct Client::Link {
   std::unique_ptr<Connection> main;
   std::unique_ptr<Connection> twin;  // set by Negotiate, before publication
   absl::Mutex main_send_mu;          // one sender at a time per socket
   absl::Mutex twin_send_mu;
   RequestTracker tracker;
+  // The reader role (see above). `reader` is the reading requester's
+  // ReplyWaiter, kReceiverRole for the receiver thread, or null (free).
+  absl::Mutex io_mu;
+  const void* reader ABSL_GUARDED_BY(io_mu) = nullptr;
+  std::deque<ReplyWaiter*> role_queue ABSL_GUARDED_BY(io_mu);
+  std::atomic<bool> requesters_read{false};
   std::atomic<bool> lost{false};
   // Set once VERSION completed (after the fields below are written).
   std::atomic<bool> negotiated{false};
@@ -231,7 +271,38 @@ struct Client::Link {
     if (main_receiver.joinable()) main_receiver.join();
     if (twin_receiver.joinable()) twin_receiver.join();
   }
+
+  // Frees the reader role, or hands it to the longest-waiting requester.
+  void ReleaseReaderLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu) {
+    reader = nullptr;
+    if (!role_queue.empty()) {
+      ReplyWaiter* next = role_queue.front();
+      role_queue.pop_front();
+      next->queued = false;
+      reader = next;
+    }
+  }
+  void DequeueLocked(ReplyWaiter* waiter) ABSL_EXCLUSIVE_LOCKS_REQUIRED(io_mu) {
+    if (!waiter->queued) return;
+    role_queue.erase(std::find(role_queue.begin(), role_queue.end(), waiter));
+    waiter->queued = false;
+  }
+  static bool RoleFree(Link* link) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return link->reader == nullptr;
+  }
 };
+
+void Client::ReplyWaiter::Deliver(absl::StatusOr<Message> outcome) {
+  absl::MutexLock lock(&link->io_mu);
+  result = std::move(outcome);
+  done = true;
+  link->DequeueLocked(this);
+}
+
+bool Client::ReplyWaiter::Ready(ReplyWaiter* waiter)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  return waiter->done || waiter->link->reader == waiter;
+}
 
 // What one request sends.
 struct Client::OutgoingRequest {
@@ -349,6 +420,7 @@ void Client::Close() {
     absl::MutexLock lock(&mu_);
     if (closing_) return;
     closing_ = true;
+    manager_cv_.SignalAll();
     current = std::move(link_);
     lost = std::move(lost_link_);
     establishing = establishing_;
@@ -550,7 +622,12 @@ absl::Status Client::Negotiate(Link& link, absl::Time deadline,
   link.main->set_max_fds_out(link.server.max_msg_fds);
   link.negotiated.store(true, std::memory_order_release);
   // After `negotiated`: the twin's receiver serves requests at once.
-  if (link.twin) StartReceiver(&link, /*twin=*/true);
+  if (link.twin) {
+    StartReceiver(&link, /*twin=*/true);
+    // The server's requests travel on the twin socket: the main socket
+    // carries only replies, which requesters may now read themselves.
+    link.requesters_read.store(true, std::memory_order_release);
+  }
 
   description->server = link.server;
   description->minor = negotiation->minor;
@@ -786,47 +863,127 @@ void Client::StartReceiver(Link* link, bool twin) {
 }
 
 void Client::ReceiveLoop(Link* link, bool twin) {
-  Connection& conn = twin ? *link->twin : *link->main;
+  if (!twin) {
+    MainReceiveLoop(link);
+    return;
+  }
   std::vector<uint8_t> buffer;  // reused for DMA_READ data
-  auto violation = [&](absl::string_view what, const absl::Status& status) {
-    counters_->unexpected_messages.fetch_add(1);
-    const bool loud = link->violations.fetch_add(1) < kLoudViolations;
-    Log(loud ? LogLevel::kWarn : LogLevel::kDebug, kComponent, what,
-        {{"error", ErrorText(status)}, {"socket", twin ? "twin" : "main"}});
-  };
+  Message message;              // reused receive buffer
   for (;;) {
-    absl::StatusOr<std::optional<Message>> received = conn.Receive();
+    absl::StatusOr<bool> received = link->twin->ReceiveInto(&message);
     if (!received.ok()) {
       if (!link->lost.load()) {
         Log(LogLevel::kWarn, kComponent, "connection lost",
-            {{"error", ErrorText(received.status())},
-             {"socket", twin ? "twin" : "main"}});
+            {{"error", ErrorText(received.status())}, {"socket", "twin"}});
       }
       OnLinkLost(link, received.status());
       return;
     }
-    if (!received->has_value()) continue;
-    Message message = std::move(**received);
-    if (message.header.is_reply()) {
-      if (twin) {
-        violation("reply on the twin socket (we send no requests there)",
-                  absl::OkStatus());
-        continue;
-      }
-      absl::Status delivered = link->tracker.Complete(std::move(message));
-      if (!delivered.ok()) violation("unexpected reply dropped", delivered);
-      continue;
-    }
-    if (!link->negotiated.load(std::memory_order_acquire)) {
-      violation("server request before VERSION completed; not answered",
-                absl::OkStatus());
-      continue;
-    }
-    ServeServerRequest(*link, twin, std::move(message), &buffer);
+    if (*received) HandleIncoming(*link, /*twin=*/true, message, &buffer);
   }
 }
 
-void Client::ServeServerRequest(Link& link, bool twin, Message request,
+void Client::MainReceiveLoop(Link* link) {
+  std::vector<uint8_t> buffer;  // reused for DMA_READ data
+  Message message;              // reused receive buffer
+  const auto read_until_error = [&]() -> absl::Status {
+    for (;;) {
+      absl::StatusOr<bool> received = link->main->ReceiveInto(&message);
+      if (!received.ok()) return received.status();
+      if (*received) HandleIncoming(*link, /*twin=*/false, message, &buffer);
+    }
+  };
+  const auto lost = [&](const absl::Status& why) {
+    if (!link->lost.load()) {
+      Log(LogLevel::kWarn, kComponent, "connection lost",
+          {{"error", ErrorText(why)}, {"socket", "main"}});
+    }
+    FailLink(link, why);
+  };
+  // While the server may send requests on the main socket (no twin socket,
+  // or VERSION not done yet): read everything, one message per turn of the
+  // reader role.
+  for (;;) {
+    {
+      absl::MutexLock lock(&link->io_mu);
+      link->io_mu.Await(absl::Condition(&Link::RoleFree, link));
+      if (link->requesters_read.load(std::memory_order_acquire)) break;
+      link->reader = kReceiverRole;
+    }
+    absl::StatusOr<bool> received = link->main->ReceiveInto(&message);
+    if (received.ok() && *received) {
+      HandleIncoming(*link, /*twin=*/false, message, &buffer);
+    }
+    {
+      absl::MutexLock lock(&link->io_mu);
+      link->ReleaseReaderLocked();
+    }
+    if (!received.ok()) {
+      lost(received.status());
+      return;
+    }
+  }
+  // Requesters read their own replies now. Wait for the hang-up only:
+  // POLLRDHUP (with the implicit POLLHUP/POLLERR) is not woken by arriving
+  // data, so this thread costs nothing per request.
+  const int fd = link->main->fd();
+  for (;;) {
+    struct pollfd p = {fd, POLLRDHUP, 0};
+    const int ready = ::poll(&p, 1, -1);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready < 0 ||
+        (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) {
+      break;
+    }
+  }
+  // The server hung up (or Shutdown()): take the role, deliver the replies
+  // nobody has read yet, then report the loss.
+  {
+    absl::MutexLock lock(&link->io_mu);
+    link->io_mu.Await(absl::Condition(&Link::RoleFree, link));
+    link->reader = kReceiverRole;
+  }
+  const absl::Status why = read_until_error();
+  {
+    absl::MutexLock lock(&link->io_mu);
+    link->ReleaseReaderLocked();
+  }
+  lost(why);
+}
+
+void Client::ReportViolation(Link& link, bool twin, absl::string_view what,
+                             const absl::Status& status) {
+  counters_->unexpected_messages.fetch_add(1);
+  const bool loud = link.violations.fetch_add(1) < kLoudViolations;
+  Log(loud ? LogLevel::kWarn : LogLevel::kDebug, kComponent, what,
+      {{"error", ErrorText(status)}, {"socket", twin ? "twin" : "main"}});
+}
+
+void Client::HandleIncoming(Link& link, bool twin, Message& message,
+                            std::vector<uint8_t>* buffer) {
+  if (message.header.is_reply()) {
+    if (twin) {
+      ReportViolation(link, twin,
+                      "reply on the twin socket (we send no requests there)",
+                      absl::OkStatus());
+      return;
+    }
+    absl::Status delivered = link.tracker.Complete(std::move(message));
+    if (!delivered.ok()) {
+      ReportViolation(link, twin, "unexpected reply dropped", delivered);
+    }
+    return;
+  }
+  if (!link.negotiated.load(std::memory_order_acquire)) {
+    ReportViolation(link, twin,
+                    "server request before VERSION completed; not answered",
+                    absl::OkStatus());
+    return;
+  }
+  ServeServerRequest(link, twin, message, buffer);
+}
+
+void Client::ServeServerRequest(Link& link, bool twin, Message& request,
                                 std::vector<uint8_t>* buffer) {
   const Header header = request.header;
   DecodeLimits limits;
@@ -908,6 +1065,7 @@ void Client::OnLinkLost(Link* link, const absl::Status& why) {
     if (link_.get() == link) {
       counters_->disconnects.fetch_add(1);
       lost_link_ = std::move(link_);
+      manager_cv_.SignalAll();
       state_.last_error = why;
       if (!closing_) {
         if (options_.reconnect.enabled) {
@@ -928,33 +1086,41 @@ void Client::OnLinkLost(Link* link, const absl::Status& why) {
   link->main->Shutdown();
 }
 
+void Client::FailLink(Link* link, const absl::Status& why) {
+  OnLinkLost(link, why);
+  // A request registered after OnLinkLost's FailAll (it raced with the
+  // loss) would otherwise wait for its deadline.
+  link->tracker.FailAll(DisconnectError(why));
+}
+
 // ---------------------------------------------------------------------------
 // Requests
 
 absl::StatusOr<Message> Client::CallOnLink(Link& link,
                                            const OutgoingRequest& req,
                                            absl::Time deadline) {
-  absl::StatusOr<RequestTracker::Pending> pending =
-      link.tracker.Start(req.cmd, deadline);
-  if (!pending.ok()) return pending.status();
-  // `lost` is set before FailAll: a request started after FailAll sees it.
+  ReplyWaiter waiter(&link);
+  absl::StatusOr<uint16_t> msg_id = link.tracker.StartAsync(
+      req.cmd, deadline, [&waiter](absl::StatusOr<Message> outcome) {
+        waiter.Deliver(std::move(outcome));
+      });
+  if (!msg_id.ok()) return msg_id.status();
+  // `lost` is set before FailAll: a request started after FailAll sees it
+  // and is failed here (AwaitReply then returns at once).
   if (link.lost.load()) {
-    pending->Cancel();
-    return DisconnectError(ErrnoError(ENOTCONN, "connection already lost"));
+    link.tracker.FailAll(
+        DisconnectError(ErrnoError(ENOTCONN, "connection already lost")));
+  } else {
+    Header header;
+    header.msg_id = *msg_id;
+    header.cmd = static_cast<uint16_t>(req.cmd);
+    header.flags = kFlagsTypeCommand;
+    counters_->requests.fetch_add(1);
+    absl::Status sent = SendOnLink(link, false, header, req.part1, req.part2,
+                                   req.fds);
+    if (!sent.ok()) FailLink(&link, sent);
   }
-  Header header;
-  header.msg_id = pending->msg_id();
-  header.cmd = static_cast<uint16_t>(req.cmd);
-  header.flags = kFlagsTypeCommand;
-  counters_->requests.fetch_add(1);
-  absl::Status sent = SendOnLink(link, false, header, req.part1, req.part2,
-                                 req.fds);
-  if (!sent.ok()) {
-    pending->Cancel();
-    OnLinkLost(&link, sent);
-    return DisconnectError(sent);
-  }
-  absl::StatusOr<Message> reply = pending->Wait();
+  absl::StatusOr<Message> reply = AwaitReply(link, waiter, deadline);
   if (!reply.ok()) {
     if (ErrnoOf(reply.status()) == ETIMEDOUT && absl::Now() >= deadline) {
       counters_->timeouts.fetch_add(1);
@@ -970,6 +1136,64 @@ absl::StatusOr<Message> Client::CallOnLink(Link& link,
                                       req.max_reply_fds));
   }
   return reply;
+}
+
+absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
+                                           absl::Time deadline) {
+  std::vector<uint8_t> buffer;  // for a server request read on the way
+  Message message;
+  for (;;) {
+    bool reading = false;
+    {
+      absl::MutexLock lock(&link.io_mu);
+      if (!waiter.done && link.reader != &waiter) {
+        if (link.requesters_read.load(std::memory_order_acquire)) {
+          if (link.reader == nullptr) {
+            link.reader = &waiter;  // the role is free: read ourselves
+          } else if (!waiter.queued) {
+            link.role_queue.push_back(&waiter);
+            waiter.queued = true;
+          }
+        }
+        if (link.reader != &waiter) {
+          link.io_mu.AwaitWithDeadline(
+              absl::Condition(&ReplyWaiter::Ready, &waiter), deadline);
+        }
+      }
+      if (waiter.done) {
+        if (link.reader == &waiter) link.ReleaseReaderLocked();
+        return std::move(waiter.result);
+      }
+      reading = link.reader == &waiter;
+      if (!reading) link.DequeueLocked(&waiter);  // timed out waiting
+    }
+    if (!reading) {
+      // The deadline passed while waiting: fail the request (the callback
+      // marks us done).
+      link.tracker.ExpireOverdue(absl::Now());
+      continue;
+    }
+    // We hold the reader role: read one message and dispatch it (ours or
+    // another requester's reply, or a server request).
+    absl::StatusOr<bool> received = link.main->ReceiveInto(&message, deadline);
+    if (received.ok()) {
+      if (*received) HandleIncoming(link, /*twin=*/false, message, &buffer);
+      continue;
+    }
+    {
+      absl::MutexLock lock(&link.io_mu);
+      link.ReleaseReaderLocked();
+    }
+    if (ErrnoOf(received.status()) == ETIMEDOUT) {
+      link.tracker.ExpireOverdue(absl::Now());  // not final: just our deadline
+    } else {
+      if (!link.lost.load()) {
+        Log(LogLevel::kWarn, kComponent, "connection lost",
+            {{"error", ErrorText(received.status())}, {"socket", "main"}});
+      }
+      FailLink(&link, received.status());
+    }
+  }
 }
 
 absl::StatusOr<std::shared_ptr<Client::Link>> Client::AwaitLink(
@@ -1109,8 +1333,8 @@ absl::Status Client::Read(uint32_t region, uint64_t offset,
     }
     const uint32_t count =
         static_cast<uint32_t>(std::min<uint64_t>(chunk, out.size() - done));
-    const Bytes request =
-        EncodeRegionAccessHeader(offset + done, region, count);
+    uint8_t request[16];
+    EncodeRegionAccessHeaderTo(offset + done, region, count, request);
     OutgoingRequest out_request{Command::kRegionRead, request};
     out_request.idempotent = true;
     absl::StatusOr<Message> reply = Call(out_request, deadline);
@@ -1506,11 +1730,7 @@ absl::Status Client::Reset() {
 void Client::ManagerLoop() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   absl::MutexLock lock(&mu_);
   for (;;) {
-    mu_.Await(absl::Condition(
-        +[](Client* c) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return c->closing_ || c->lost_link_ != nullptr;
-        },
-        this));
+    while (!closing_ && lost_link_ == nullptr) manager_cv_.Wait(&mu_);
     std::shared_ptr<Link> lost = std::move(lost_link_);
     if (lost) {
       mu_.Unlock();
@@ -1578,11 +1798,8 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
          {"error", ErrorText(link.status())}});
     PublishLocked();
     const absl::Time wake = std::min(absl::Now() + backoff, deadline);
-    mu_.AwaitWithDeadline(
-        absl::Condition(
-            +[](Client* c) ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->closing_; },
-            this),
-        wake);
+    while (!closing_ && !manager_cv_.WaitWithDeadline(&mu_, wake)) {
+    }
     backoff = NextBackoff(policy, backoff);
   }
 }

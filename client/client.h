@@ -304,6 +304,7 @@ class Client {
  private:
   struct Link;
   struct OutgoingRequest;
+  struct ReplyWaiter;
   class Notifier;
 
   explicit Client(ClientOptions options);
@@ -331,7 +332,16 @@ class Client {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(journal_mu_);
   void StartReceiver(Link* link, bool twin);
   void ReceiveLoop(Link* link, bool twin);
-  void ServeServerRequest(Link& link, bool twin, Message request,
+  // The main socket's receiver thread: reads while the server may send
+  // requests there, then only watches for the server hanging up.
+  void MainReceiveLoop(Link* link);
+  // Dispatches one message read from a socket: replies to the tracker,
+  // server requests to ServeServerRequest.
+  void HandleIncoming(Link& link, bool twin, Message& message,
+                      std::vector<uint8_t>* buffer);
+  void ReportViolation(Link& link, bool twin, absl::string_view what,
+                       const absl::Status& status);
+  void ServeServerRequest(Link& link, bool twin, Message& request,
                           std::vector<uint8_t>* buffer);
   absl::Status SendOnLink(Link& link, bool twin, const Header& header,
                           absl::Span<const uint8_t> part1,
@@ -340,10 +350,17 @@ class Client {
   // Marks `link` lost (once): fails its requests, and if it is the current
   // link starts reconnection.
   void OnLinkLost(Link* link, const absl::Status& why);
+  // OnLinkLost, then fails whatever request is still outstanding on `link`
+  // (one registered after the loss was first reported).
+  void FailLink(Link* link, const absl::Status& why);
 
   // ---- Requests ----
   // One request on one link, waiting up to `deadline` for the reply.
   absl::StatusOr<Message> CallOnLink(Link& link, const OutgoingRequest& req,
+                                     absl::Time deadline);
+  // Waits for `waiter`'s reply; reads the main socket itself whenever the
+  // reader role is free (see Link).
+  absl::StatusOr<Message> AwaitReply(Link& link, ReplyWaiter& waiter,
                                      absl::Time deadline);
   // Waits for a connected link (up to `deadline`); the reason to fail.
   absl::StatusOr<std::shared_ptr<Link>> AwaitLink(absl::Time deadline);
@@ -388,6 +405,10 @@ class Client {
   IrqJournal irq_journal_ ABSL_GUARDED_BY(journal_mu_);
 
   mutable absl::Mutex mu_;
+  // The manager thread waits here for closing_ or lost_link_ (a CondVar,
+  // not a Condition on mu_: a Condition waiter would make every unlock of
+  // mu_ on the request path take absl's slow path to evaluate it).
+  absl::CondVar manager_cv_;
   ClientStateInfo state_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Link> link_ ABSL_GUARDED_BY(mu_);  // null unless kConnected
   std::shared_ptr<Link> lost_link_ ABSL_GUARDED_BY(mu_);  // for the manager

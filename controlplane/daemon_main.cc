@@ -355,6 +355,8 @@ int RunDaemon() {
           absl::StrCat("cannot chmod ", path, ": ", std::strerror(errno))));
     }
   }
+  // Ready: the service's own health status says so only now (its socket
+  // has its final permissions).
   server->GetHealthCheckService()->SetServingStatus(
       v1::DeviceService::service_full_name(), true);
   const size_t devices = m->device_count();

@@ -11,6 +11,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "core/transport.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace vfio_user::controlplane::testing {
@@ -97,13 +98,11 @@ absl::Status Daemon::Start(std::vector<std::string> extra_flags) {
   if (!process.ok()) return process.status();
   process_ = std::make_unique<Subprocess>(std::move(*process));
 
-  // Connect only once the socket exists, and retry fast: the default
-  // reconnect backoff (1 s and growing) would dominate the test's run time.
-  Eventually([&] { return !process_->Running() || ::access(grpc_socket_.c_str(), F_OK) == 0; });
+  // Create the channel only once the daemon listens (a stale socket file of
+  // a killed predecessor refuses connections): a channel whose first
+  // attempts fail backs off for seconds (gRPC's default reconnect backoff).
+  Eventually([&] { return !process_->Running() || ConnectUnix(grpc_socket_).ok(); });
   grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
   // A fresh connection for each daemon instance (no subchannel shared with
   // the channel to a previous, killed instance at the same path).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
@@ -113,7 +112,10 @@ absl::Status Daemon::Start(std::vector<std::string> extra_flags) {
   auto health = grpc::health::v1::Health::NewStub(channel_);
   const bool serving = Eventually([&] {
     if (!process_->Running()) return true;  // reported below
+    // The service's own status: the daemon sets it once its setup (socket
+    // permissions included) is complete.
     grpc::health::v1::HealthCheckRequest request;
+    request.set_service(v1::DeviceService::service_full_name());
     grpc::health::v1::HealthCheckResponse response;
     auto context = Context(absl::Seconds(1));
     grpc::Status st = health->Check(context.get(), request, &response);

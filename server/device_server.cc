@@ -19,6 +19,15 @@ namespace {
 // How long a refused connection may take to send its VERSION before we just
 // close it.
 constexpr absl::Duration kRefusalGrace = absl::Seconds(2);
+// Connections being refused at once; more are closed without an answer, so a
+// connect flood cannot pin fds for kRefusalGrace each.
+constexpr size_t kMaxRefusals = 16;
+// How long accepting pauses when the process is out of fds or memory.
+constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(100);
+
+bool IsResourceExhaustion(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
 }  // namespace
 
 struct DeviceServer::Refusal {
@@ -52,10 +61,7 @@ absl::StatusOr<std::unique_ptr<DeviceServer>> DeviceServer::Create(
     return ErrnoError(errno, "fcntl(O_NONBLOCK) on listening socket failed");
   }
   if (absl::Status st = device->Finalize(loop); !st.ok()) return st;
-  DeviceServer* raw = server.get();
-  absl::Status st = loop->WatchFd(server->listen_fd_.get(), EPOLLIN,
-                                  [raw](uint32_t) { raw->OnAcceptable(); });
-  if (!st.ok()) return st;
+  if (absl::Status st = server->WatchListener(); !st.ok()) return st;
   Log(LogLevel::kInfo, "server", "device listening",
       {{"device", device->name()}, {"socket", server->options_.socket_path}});
   return server;
@@ -65,8 +71,34 @@ DeviceServer::DeviceServer(EventLoop* loop, Device* device,
                            DeviceServerOptions options)
     : loop_(loop), device_(device), options_(std::move(options)) {}
 
+absl::Status DeviceServer::WatchListener() {
+  return loop_->WatchFd(listen_fd_.get(), EPOLLIN, [this](uint32_t) { OnAcceptable(); });
+}
+
+void DeviceServer::PauseAccepting(int err) {
+  // The connection stays in the backlog; the listening socket stays
+  // readable. Watching it now would spin the loop (level-triggered), so
+  // look again a little later.
+  Log(LogLevel::kWarn, "server", "out of resources; accepting paused",
+      {{"device", device_->name()}, {"errno", absl::StrCat(err)}});
+  loop_->UnwatchFd(listen_fd_.get());
+  accept_paused_ = true;
+  auto alive = alive_;
+  accept_timer_ = loop_->RunAfter(kAcceptBackoff, [this, alive] {
+    if (!*alive) return;
+    accept_paused_ = false;
+    if (absl::Status st = WatchListener(); !st.ok()) {
+      Log(LogLevel::kError, "server", "cannot watch the listening socket",
+          {{"device", device_->name()}, {"error", st.ToString()}});
+      return;
+    }
+    OnAcceptable();
+  });
+}
+
 DeviceServer::~DeviceServer() {
   *alive_ = false;
+  if (accept_paused_) loop_->CancelTimer(accept_timer_);
   if (listen_fd_) loop_->UnwatchFd(listen_fd_.get());
   for (auto& [fd, refusal] : refusals_) {
     loop_->UnwatchFd(fd);
@@ -96,10 +128,13 @@ void DeviceServer::OnAcceptable() {
     UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr,
                           SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!fd) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (IsResourceExhaustion(err)) {
+        PauseAccepting(err);
+      } else if (err != EAGAIN && err != EWOULDBLOCK) {
         Log(LogLevel::kWarn, "server", "accept failed",
-            {{"device", device_->name()}, {"errno", absl::StrCat(errno)}});
+            {{"device", device_->name()}, {"errno", absl::StrCat(err)}});
       }
       return;
     }
@@ -140,6 +175,7 @@ void DeviceServer::OnSessionClosed(Session* session, const absl::Status& why) {
 }
 
 void DeviceServer::RefuseConnection(UniqueFd fd) {
+  if (refusals_.size() >= kMaxRefusals) return;  // closes `fd` unanswered
   auto refusal = std::make_unique<Refusal>();
   TransportOptions topts;
   topts.nonblocking = true;

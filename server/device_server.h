@@ -3,10 +3,15 @@
 // Accepts one client at a time (PROTOCOL.md §6.1). A second concurrent
 // connection is refused cleanly: its VERSION request is answered with an
 // EBUSY error reply and the connection is closed, while the first client
-// continues undisturbed. When the client goes (clean close, crash, or a
+// continues undisturbed (at most 16 refusals are pending at once; beyond,
+// connections are closed without an answer). When the client goes (clean close, crash, or a
 // protocol violation) its DMA maps and interrupt fds are dropped, the device
 // state is kept (unless the device asked for reset_on_disconnect), and the
 // next client is accepted.
+//
+// When the process runs out of fds (EMFILE/ENFILE) or memory, accepting
+// pauses for 100 ms at a time (connections wait in the backlog) instead of
+// spinning the loop; it resumes by itself.
 //
 // Observers (the control plane) learn about connection changes through
 // ServerEvents, delivered on the loop thread.
@@ -69,7 +74,11 @@ class DeviceServer {
 
  private:
   DeviceServer(EventLoop* loop, Device* device, DeviceServerOptions options);
+  absl::Status WatchListener();
   void OnAcceptable();
+  // Out of fds (EMFILE/ENFILE) or memory: stops watching the listening
+  // socket for a short while instead of spinning on it.
+  void PauseAccepting(int err);
   void RefuseConnection(UniqueFd fd);
   void OnSessionClosed(Session* session, const absl::Status& why);
 
@@ -78,6 +87,8 @@ class DeviceServer {
   DeviceServerOptions options_;
   UniqueFd listen_fd_;
   bool created_path_ = false;
+  bool accept_paused_ = false;
+  EventLoop::TimerId accept_timer_ = 0;
   std::unique_ptr<Session> session_;
   // Connections being refused: waiting for their VERSION (or a timeout).
   struct Refusal;

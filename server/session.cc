@@ -69,7 +69,7 @@ Session::Session(Device* device, EventLoop* loop, UniqueFd socket,
   // Largest legal message: a max-size REGION_WRITE (16 + 16 + data).
   topts.max_msg_size =
       static_cast<uint32_t>(std::min<uint64_t>(options_.max_data_xfer_size + 64, 1u << 30));
-  conn_ = std::make_unique<Connection>(std::move(socket), topts);
+  conn_ = std::make_unique<Connection>(std::move(socket), topts, options_.os);
 }
 
 Session::~Session() {
@@ -363,7 +363,8 @@ absl::StatusOr<Session::Reply> Session::HandleVersion(Message& msg) {
   reply.payload = EncodeVersion(negotiation->reply);
   if (negotiation->twin_local) {
     TransportOptions topts = conn_->options();
-    twin_ = std::make_unique<Connection>(std::move(negotiation->twin_local), topts);
+    twin_ = std::make_unique<Connection>(std::move(negotiation->twin_local), topts,
+                                         options_.os);
     twin_->set_max_fds_in(0);
     Connection* twin = twin_.get();
     absl::Status st = loop_->WatchFd(twin->fd(), EPOLLIN | EPOLLRDHUP,

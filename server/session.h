@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "core/codec.h"
 #include "core/message.h"
+#include "core/os.h"
 #include "core/transport.h"
 #include "core/version.h"
 #include "server/device.h"
@@ -52,6 +53,9 @@ struct SessionOptions {
   // How many messages one wake-up may process before yielding to the other
   // devices on the loop.
   int max_messages_per_wakeup = 64;
+  // The OS calls of the client's sockets; nullptr = the real ones. Tests
+  // inject faults here (core/fault_injecting_os.h). Must outlive the session.
+  Os* os = nullptr;
 };
 
 // Who is on the other end (SO_PEERCRED), for status reporting.

@@ -4,7 +4,8 @@
 #   tests/fuzz/run_fuzzer.sh [TARGET] [SECONDS] [extra libFuzzer flags...]
 #
 # TARGET is one of: codec (default), version, session, client, controlplane
-# (README.md describes each). SECONDS defaults to 20. Everything goes to
+# (README.md describes each; controlplane also needs protoc and
+# grpc_cpp_plugin). SECONDS defaults to 20. Everything goes to
 # $FUZZ_OUT_DIR (default: $TEST_TMPDIR under Bazel, /tmp/vfio_user_<TARGET>_fuzz
 # otherwise):
 #   <TARGET>_fuzzer  the instrumented binary
@@ -48,7 +49,8 @@ core_wire=(core/codec.cc core/errno_status.cc core/protocol.cc core/wire_buffer.
 core_all=("${core_wire[@]}" core/log.cc core/message.cc core/os.cc
   core/request_tracker.cc core/transport.cc core/version.cc)
 server_all=(server/device.cc server/device_server.cc server/dma_table.cc
-  server/mapped_memory_guard.cc   server/event_loop.cc server/irq_controller.cc server/session.cc
+  server/mapped_memory_guard.cc server/event_loop.cc server/irq_controller.cc
+  server/session.cc
   server/session_migration.cc server/pci/config_space.cc server/pci/msix.cc
   server/devices/idio16.cc server/devices/dma_engine_device.cc)
 client_all=(client/client.cc client/dma_space.cc client/guest_memory.cc
@@ -77,6 +79,41 @@ case "${target}" in
     libs+=(protobuf)
     max_len=16384
     ;;
+  controlplane)
+    # The gRPC and internal protos are generated here with the system protoc.
+    # Regenerated files replace the old ones only when they differ, so that
+    # their objects are reused.
+    gen="${out}/gen"
+    fresh="${out}/gen.fresh"
+    rm -rf "${fresh}"
+    mkdir -p "${gen}" "${fresh}"
+    protos=(proto/vfio_user/v1/device.proto proto/vfio_user/v1/device_service.proto
+      controlplane/daemon.proto controlplane/worker.proto)
+    (cd "${root}" && protoc --proto_path=. --proto_path=/usr/include \
+      --cpp_out="${fresh}" "${protos[@]}")
+    (cd "${root}" && protoc --proto_path=. --proto_path=/usr/include \
+      --grpc_out="${fresh}" --plugin=protoc-gen-grpc=/usr/bin/grpc_cpp_plugin \
+      proto/vfio_user/v1/device_service.proto)
+    (cd "${fresh}" && find . -type f) | while read -r f; do
+      if ! cmp -s "${fresh}/${f}" "${gen}/${f}"; then
+        mkdir -p "$(dirname "${gen}/${f}")"
+        cp "${fresh}/${f}" "${gen}/${f}"
+      fi
+    done
+    generated=()
+    for p in "${protos[@]}"; do generated+=("${gen}/${p%.proto}.pb.cc"); done
+    generated+=("${gen}/proto/vfio_user/v1/device_service.grpc.pb.cc")
+    controlplane_all=()
+    for f in defaults device_host device_manager device_service device_types event_hub \
+      framed_channel inprocess_runner process runner socket_path spec state_store \
+      worker_runner; do
+      controlplane_all+=("controlplane/${f}.cc")
+    done
+    sources=("${generated[@]}" "${core_all[@]}" "${server_all[@]}" "${controlplane_all[@]}"
+      tests/fuzz/controlplane_fuzz_harness.cc tests/fuzz/controlplane_fuzzer.cc)
+    libs+=(grpc++ protobuf)
+    max_len=8192
+    ;;
   *)
     echo "run_fuzzer.sh: unknown target '${target}'" >&2
     exit 2
@@ -86,13 +123,15 @@ esac
 # shellcheck disable=SC2207  # pkg-config output is a list of flags
 link_flags=($(pkg-config --libs "${libs[@]}") -pthread)
 cflags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fno-sanitize-recover=all
-  -I"${root}")
+  -I"${root}" -I"${out}/gen")
 
 # Compiles `src` (workspace-relative) unless its object is newer than the
 # source and every header it included last time.
 compile_one() {
   local src="$1"
   local obj="${out}/obj/${src//\//_}.o"
+  local path="${root}/${src}"
+  [[ "${src}" == /* ]] && path="${src}"  # generated
   if [[ -f "${obj}" && -f "${obj}.d" ]]; then
     local stale=0 dep
     for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "${obj}.d"); do
@@ -101,7 +140,7 @@ compile_one() {
     [[ "${stale}" -eq 0 ]] && return 0
   fi
   "${cxx}" "${cflags[@]}" -fsanitize=fuzzer-no-link,address,undefined \
-    -MMD -MF "${obj}.d" -c "${root}/${src}" -o "${obj}"
+    -MMD -MF "${obj}.d" -c "${path}" -o "${obj}"
 }
 export -f compile_one
 export out cxx root

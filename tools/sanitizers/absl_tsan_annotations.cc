@@ -26,10 +26,14 @@
 // different Abseil build fails to link here (loudly) rather than silently
 // reporting false races.
 //
+// The tsan config compiles with -U__SANITIZE_THREAD__ so that the system
+// headers (Protobuf's MapFieldBase, Abseil, gRPC) keep the layout of the
+// uninstrumented libraries; this file keys on VFIO_USER_TSAN instead.
+//
 // Not covered (documented in docs/SECURITY.md): synchronization inside other
 // uninstrumented libraries (gRPC's and Protobuf's internal atomics), which is
 // why the tsan run leaves out the gRPC daemon tests.
-#if defined(__SANITIZE_THREAD__)  // the rest of the file
+#if defined(VFIO_USER_TSAN)  // the rest of the file (set by --config=tsan)
 
 #include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
@@ -61,6 +65,23 @@ Fn Real(const char* mangled) {
 #define REAL(type, mangled)                       \
   static const auto real = Real<type>(mangled); \
   (void)0
+
+// The real functions call each other (LockWhenWithTimeout calls
+// LockWhenWithDeadline, through the PLT, i.e. through us again): only the
+// outermost call of a thread is annotated.
+thread_local int wrapper_depth = 0;
+class Outermost {
+ public:
+  Outermost() : outer_(wrapper_depth++ == 0) {}
+  ~Outermost() { --wrapper_depth; }
+  bool outer() const { return outer_; }
+
+ private:
+  const bool outer_;
+};
+#define PASS_THROUGH_IF_NESTED(...)   \
+  Outermost outermost;                \
+  if (!outermost.outer()) return real(__VA_ARGS__)
 
 // Mutexes the current thread holds in shared (reader) mode, so that Await and
 // CondVar::Wait release and reacquire them in the right mode. A thread holds
@@ -132,12 +153,14 @@ namespace absl {
 
 Mutex::~Mutex() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35MutexD2Ev");
+  PASS_THROUGH_IF_NESTED(this);
   __tsan_mutex_destroy(this, __tsan_mutex_not_static);
   real(this);
 }
 
 void Mutex::Lock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex4LockEv");
+  PASS_THROUGH_IF_NESTED(this);
   Locking(this, 0, [&] {
     real(this);
     return 0;
@@ -146,6 +169,7 @@ void Mutex::Lock() {
 
 void Mutex::ReaderLock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex10ReaderLockEv");
+  PASS_THROUGH_IF_NESTED(this);
   Locking(this, __tsan_mutex_read_lock, [&] {
     real(this);
     return 0;
@@ -154,16 +178,19 @@ void Mutex::ReaderLock() {
 
 void Mutex::Unlock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex6UnlockEv");
+  PASS_THROUGH_IF_NESTED(this);
   Unlocking(this, 0, [&] { real(this); });
 }
 
 void Mutex::ReaderUnlock() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex12ReaderUnlockEv");
+  PASS_THROUGH_IF_NESTED(this);
   Unlocking(this, __tsan_mutex_read_lock, [&] { real(this); });
 }
 
 bool Mutex::TryLock() {
   REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex7TryLockEv");
+  PASS_THROUGH_IF_NESTED(this);
   __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
   const bool locked = real(this);
   __tsan_mutex_post_lock(
@@ -174,6 +201,7 @@ bool Mutex::TryLock() {
 
 bool Mutex::ReaderTryLock() {
   REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex13ReaderTryLockEv");
+  PASS_THROUGH_IF_NESTED(this);
   __tsan_mutex_pre_lock(this, __tsan_mutex_try_read_lock);
   const bool locked = real(this);
   __tsan_mutex_post_lock(
@@ -186,6 +214,7 @@ bool Mutex::ReaderTryLock() {
 void Mutex::LockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&),
        "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
+  PASS_THROUGH_IF_NESTED(this, cond);
   Locking(this, 0, [&] {
     real(this, cond);
     return 0;
@@ -195,6 +224,7 @@ void Mutex::LockWhen(const Condition& cond) {
 void Mutex::ReaderLockWhen(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&),
        "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
+  PASS_THROUGH_IF_NESTED(this, cond);
   Locking(this, __tsan_mutex_read_lock, [&] {
     real(this, cond);
     return 0;
@@ -204,6 +234,7 @@ void Mutex::ReaderLockWhen(const Condition& cond) {
 bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Duration),
        "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  PASS_THROUGH_IF_NESTED(this, cond, timeout);
   return Locking(this, 0, [&] { return real(this, cond, timeout); });
 }
 
@@ -212,6 +243,7 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond,
   REAL(bool (*)(Mutex*, const Condition&, absl::Duration),
        "_ZN4absl7debian35Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_"
        "8DurationE");
+  PASS_THROUGH_IF_NESTED(this, cond, timeout);
   return Locking(this, __tsan_mutex_read_lock,
                  [&] { return real(this, cond, timeout); });
 }
@@ -219,6 +251,7 @@ bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond,
 bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Time),
        "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  PASS_THROUGH_IF_NESTED(this, cond, deadline);
   return Locking(this, 0, [&] { return real(this, cond, deadline); });
 }
 
@@ -227,6 +260,7 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
   REAL(bool (*)(Mutex*, const Condition&, absl::Time),
        "_ZN4absl7debian35Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_"
        "4TimeE");
+  PASS_THROUGH_IF_NESTED(this, cond, deadline);
   return Locking(this, __tsan_mutex_read_lock,
                  [&] { return real(this, cond, deadline); });
 }
@@ -234,6 +268,7 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond,
 void Mutex::Await(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&),
        "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
+  PASS_THROUGH_IF_NESTED(this, cond);
   AroundWait(this, [&] {
     real(this, cond);
     return 0;
@@ -243,12 +278,14 @@ void Mutex::Await(const Condition& cond) {
 bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Duration),
        "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  PASS_THROUGH_IF_NESTED(this, cond, timeout);
   return AroundWait(this, [&] { return real(this, cond, timeout); });
 }
 
 bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   REAL(bool (*)(Mutex*, const Condition&, absl::Time),
        "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  PASS_THROUGH_IF_NESTED(this, cond, deadline);
   return AroundWait(this, [&] { return real(this, cond, deadline); });
 }
 
@@ -256,6 +293,7 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
 
 void CondVar::Wait(Mutex* mu) {
   REAL(void (*)(CondVar*, Mutex*), "_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
+  PASS_THROUGH_IF_NESTED(this, mu);
   AroundWait(mu, [&] {
     real(this, mu);
     return 0;
@@ -265,13 +303,26 @@ void CondVar::Wait(Mutex* mu) {
 bool CondVar::WaitWithTimeout(Mutex* mu, absl::Duration timeout) {
   REAL(bool (*)(CondVar*, Mutex*, absl::Duration),
        "_ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
+  PASS_THROUGH_IF_NESTED(this, mu, timeout);
   return AroundWait(mu, [&] { return real(this, mu, timeout); });
 }
 
 bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
   REAL(bool (*)(CondVar*, Mutex*, absl::Time),
        "_ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
+  PASS_THROUGH_IF_NESTED(this, mu, deadline);
   return AroundWait(mu, [&] { return real(this, mu, deadline); });
+}
+
+// ---- Suppressions ----
+
+// Races TSan must not report (linked into every tsan binary with this file):
+//  - guest memory: the DMA table copies to and from memory the client (a
+//    VMM, another process) shares with us; concurrent device accesses to
+//    it are DMA semantics, ordered by the guest, not by our locks.
+extern "C" const char* __tsan_default_suppressions() {
+  return "race:vfio_user::DmaTable::Access\n"
+         "race:vfio_user::DmaTable::WithMappedRange\n";
 }
 
 // ---- Notification ----
@@ -312,4 +363,4 @@ void Status::UnrefNonInlined(uintptr_t rep) {
 
 }  // namespace absl
 
-#endif  // defined(__SANITIZE_THREAD__)
+#endif  // defined(VFIO_USER_TSAN)

@@ -18,7 +18,7 @@
 #define VFIO_USER_HAS_ASAN 0
 #endif
 
-#if defined(__SANITIZE_THREAD__)
+#if defined(VFIO_USER_TSAN)  // --config=tsan (it hides __SANITIZE_THREAD__)
 #define VFIO_USER_HAS_TSAN 1
 #else
 #define VFIO_USER_HAS_TSAN 0
