@@ -207,9 +207,11 @@ struct Client::AtomicCounters {
 };
 
 // One requester waiting for its reply (it lives on the requester's stack).
-// Its fields are guarded by link->io_mu.
+// Its fields are guarded by link->io_mu, except while the requester itself
+// delivers its own reply (see Deliver).
 struct Client::ReplyWaiter {
-  explicit ReplyWaiter(Link* owner) : link(owner) {}
+  explicit ReplyWaiter(Link* owner)
+      : link(owner), thread(std::this_thread::get_id()) {}
 
   // The tracker's callback: stores the outcome and wakes the requester
   // (absl::Mutex re-evaluates Ready() on unlock).
@@ -219,9 +221,11 @@ struct Client::ReplyWaiter {
   static bool Ready(ReplyWaiter* waiter);
 
   Link* const link;
+  const std::thread::id thread;  // the requester's
   bool done = false;
   bool queued = false;  // in link->role_queue
-  absl::StatusOr<Message> result;
+  // Set with `done` (an optional: a default StatusOr costs a Status).
+  std::optional<absl::StatusOr<Message>> result;
 };
 
 // One connection to the server (main socket, optional twin socket) with its
@@ -292,9 +296,18 @@ struct Client::Link {
   }
 };
 
-void Client::ReplyWaiter::Deliver(absl::StatusOr<Message> outcome) {
+void Client::ReplyWaiter::Deliver(absl::StatusOr<Message> outcome)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (std::this_thread::get_id() == thread) {
+    // The requester delivers its own reply (it holds the reader role and is
+    // running, so it is neither queued nor waiting in Await(), and a request
+    // is resolved only once): no other thread looks at these fields now.
+    result.emplace(std::move(outcome));
+    done = true;
+    return;
+  }
   absl::MutexLock lock(&link->io_mu);
-  result = std::move(outcome);
+  result.emplace(std::move(outcome));
   done = true;
   link->DequeueLocked(this);
 }
@@ -1162,7 +1175,7 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
       }
       if (waiter.done) {
         if (link.reader == &waiter) link.ReleaseReaderLocked();
-        return std::move(waiter.result);
+        return *std::move(waiter.result);
       }
       reading = link.reader == &waiter;
       if (!reading) link.DequeueLocked(&waiter);  // timed out waiting
@@ -1239,13 +1252,18 @@ absl::StatusOr<std::shared_ptr<Client::Link>> Client::AwaitLink(
 
 absl::StatusOr<Message> Client::Call(const OutgoingRequest& req,
                                      absl::Time deadline,
-                                     std::shared_ptr<Link>* link_used) {
+                                     std::shared_ptr<Link>* link_used,
+                                     std::shared_ptr<Link> link) {
   for (bool retry = false;; retry = true) {
-    absl::StatusOr<std::shared_ptr<Link>> link = AwaitLink(deadline);
-    if (!link.ok()) return link.status();
+    if (link == nullptr) {
+      absl::StatusOr<std::shared_ptr<Link>> awaited = AwaitLink(deadline);
+      if (!awaited.ok()) return awaited.status();
+      link = *std::move(awaited);
+    }
     if (retry) counters_->retried.fetch_add(1);
-    absl::StatusOr<Message> reply = CallOnLink(**link, req, deadline);
-    if (link_used != nullptr) *link_used = *link;
+    absl::StatusOr<Message> reply = CallOnLink(*link, req, deadline);
+    if (link_used != nullptr) *link_used = link;
+    link = nullptr;  // a retry waits for the next link
     if (!IsDisconnectError(reply.status())) return reply;
     if (!req.idempotent || !options_.reconnect.enabled ||
         !options_.reconnect.retry_idempotent) {
@@ -1291,9 +1309,16 @@ absl::Status Client::SendPosted(Link& link, const OutgoingRequest& req) {
 // ---------------------------------------------------------------------------
 // Region access
 
+// What a region access needs from the shared state, read under one lock.
+struct Client::AccessSnapshot {
+  uint64_t chunk = 1;
+  bool posted_allowed = false;  // posted writes permitted by the device
+  std::shared_ptr<Link> link;   // null unless connected
+};
+
 absl::Status Client::ValidateRegionAccess(uint32_t region, uint64_t offset,
-                                          uint64_t size,
-                                          uint32_t need_flag) const {
+                                          uint64_t size, uint32_t need_flag,
+                                          AccessSnapshot* snapshot) const {
   absl::MutexLock lock(&mu_);
   if (region >= device_.regions.size()) {
     return ErrnoError(EINVAL, absl::StrCat("region ", region,
@@ -1315,29 +1340,33 @@ absl::Status Client::ValidateRegionAccess(uint32_t region, uint64_t offset,
                                            RegionName(region), " (size 0x",
                                            absl::Hex(info.size), ")"));
   }
+  snapshot->chunk = std::max<uint64_t>(device_.chunk_size, 1);
+  snapshot->posted_allowed = options_.allow_posted_writes && !any_mappable_;
+  if (state_.state == ClientState::kConnected) snapshot->link = link_;
   return absl::OkStatus();
 }
 
 absl::Status Client::Read(uint32_t region, uint64_t offset,
                           absl::Span<uint8_t> out) {
-  absl::Status valid =
-      ValidateRegionAccess(region, offset, out.size(), kRegionInfoFlagRead);
+  AccessSnapshot snapshot;
+  absl::Status valid = ValidateRegionAccess(region, offset, out.size(),
+                                            kRegionInfoFlagRead, &snapshot);
   if (!valid.ok()) return valid;
   const absl::Time deadline = absl::Now() + options_.request_timeout;
   uint64_t done = 0;
   while (done < out.size()) {
-    uint64_t chunk;
-    {
+    if (done > 0) {  // a reconnect may have changed the chunk size meanwhile
       absl::MutexLock lock(&mu_);
-      chunk = std::max<uint64_t>(device_.chunk_size, 1);
+      snapshot.chunk = std::max<uint64_t>(device_.chunk_size, 1);
     }
-    const uint32_t count =
-        static_cast<uint32_t>(std::min<uint64_t>(chunk, out.size() - done));
+    const uint32_t count = static_cast<uint32_t>(
+        std::min<uint64_t>(snapshot.chunk, out.size() - done));
     uint8_t request[16];
     EncodeRegionAccessHeaderTo(offset + done, region, count, request);
     OutgoingRequest out_request{Command::kRegionRead, request};
     out_request.idempotent = true;
-    absl::StatusOr<Message> reply = Call(out_request, deadline);
+    absl::StatusOr<Message> reply =
+        Call(out_request, deadline, nullptr, std::move(snapshot.link));
     if (!reply.ok()) return reply.status();
     absl::StatusOr<RegionAccess> access =
         DecodeRegionReadReply(reply->payload, count);
@@ -1371,33 +1400,38 @@ absl::StatusOr<std::vector<uint8_t>> Client::Read(uint32_t region,
 
 absl::Status Client::Write(uint32_t region, uint64_t offset,
                            absl::Span<const uint8_t> data, WriteMode mode) {
-  absl::Status valid =
-      ValidateRegionAccess(region, offset, data.size(), kRegionInfoFlagWrite);
+  AccessSnapshot snapshot;
+  absl::Status valid = ValidateRegionAccess(region, offset, data.size(),
+                                            kRegionInfoFlagWrite, &snapshot);
   if (!valid.ok()) return valid;
   const absl::Time deadline = absl::Now() + options_.request_timeout;
   uint64_t done = 0;
   while (done < data.size()) {
-    uint64_t chunk;
-    bool posted;
-    {
+    if (done > 0) {  // a reconnect may have changed these meanwhile
       absl::MutexLock lock(&mu_);
-      chunk = std::max<uint64_t>(device_.chunk_size, 1);
-      posted = mode == WriteMode::kPosted && options_.allow_posted_writes &&
-               !any_mappable_;
+      snapshot.chunk = std::max<uint64_t>(device_.chunk_size, 1);
+      snapshot.posted_allowed =
+          options_.allow_posted_writes && !any_mappable_;
     }
-    const uint32_t count =
-        static_cast<uint32_t>(std::min<uint64_t>(chunk, data.size() - done));
+    const bool posted = mode == WriteMode::kPosted && snapshot.posted_allowed;
+    const uint32_t count = static_cast<uint32_t>(
+        std::min<uint64_t>(snapshot.chunk, data.size() - done));
     uint8_t access_header[16];
     EncodeRegionAccessHeaderTo(offset + done, region, count, access_header);
     const OutgoingRequest request{Command::kRegionWrite, access_header,
                                   data.subspan(done, count)};
     if (posted) {
-      absl::StatusOr<std::shared_ptr<Link>> link = AwaitLink(deadline);
-      if (!link.ok()) return link.status();
-      absl::Status s = SendPosted(**link, request);
+      std::shared_ptr<Link> link = std::move(snapshot.link);
+      if (link == nullptr) {
+        absl::StatusOr<std::shared_ptr<Link>> awaited = AwaitLink(deadline);
+        if (!awaited.ok()) return awaited.status();
+        link = *std::move(awaited);
+      }
+      absl::Status s = SendPosted(*link, request);
       if (!s.ok()) return s;
     } else {
-      absl::StatusOr<Message> reply = Call(request, deadline);
+      absl::StatusOr<Message> reply =
+          Call(request, deadline, nullptr, std::move(snapshot.link));
       if (!reply.ok()) return reply.status();
       absl::StatusOr<RegionAccess> access =
           DecodeRegionWriteReply(reply->payload);

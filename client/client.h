@@ -305,6 +305,7 @@ class Client {
   struct Link;
   struct OutgoingRequest;
   struct ReplyWaiter;
+  struct AccessSnapshot;
   class Notifier;
 
   explicit Client(ClientOptions options);
@@ -365,9 +366,11 @@ class Client {
   // Waits for a connected link (up to `deadline`); the reason to fail.
   absl::StatusOr<std::shared_ptr<Link>> AwaitLink(absl::Time deadline);
   // A user request: waits for a link, calls, retries idempotent requests
-  // after a loss. `link_used` (optional) tells which link answered.
+  // after a loss. `link_used` (optional) tells which link answered. A
+  // `link` already fetched is tried first (saves AwaitLink()'s lock).
   absl::StatusOr<Message> Call(const OutgoingRequest& req, absl::Time deadline,
-                               std::shared_ptr<Link>* link_used = nullptr);
+                               std::shared_ptr<Link>* link_used = nullptr,
+                               std::shared_ptr<Link> link = nullptr);
   // Runs `op` on the current link with journal_mu_ held, so journal updates
   // and reconnect replay never interleave. `op` gets the link.
   absl::Status WithJournal(
@@ -376,8 +379,12 @@ class Client {
   absl::Status SendPosted(Link& link, const OutgoingRequest& req);
   absl::Status SetIrqsOnLink(Link& link, const SetIrqs& request,
                              absl::Span<const int> fds, absl::Time deadline);
+  // Local checks of a region access; on success fills `snapshot` (chunk
+  // size, posted writes allowed, the current link if connected) under the
+  // same lock.
   absl::Status ValidateRegionAccess(uint32_t region, uint64_t offset,
-                                    uint64_t size, uint32_t need_flag) const;
+                                    uint64_t size, uint32_t need_flag,
+                                    AccessSnapshot* snapshot) const;
   absl::StatusOr<IrqInfo> IrqInfoFor(uint32_t index) const;
   absl::Status SetMask(uint32_t index, uint32_t start, uint32_t count,
                        bool masked);

@@ -74,8 +74,15 @@ Daemon::~Daemon() {
   if (process_ && process_->Running()) (void)process_->Stop(SIGKILL);
   std::error_code ec;
   std::filesystem::remove_all(std::filesystem::path(state_dir_).parent_path(), ec);
-  std::filesystem::remove_all(runtime_dir_, ec);
-  ::unlink(grpc_socket_.c_str());
+  // Every /tmp path of this daemon (gRPC socket, runtime dir, the stale
+  // device sockets a SIGKILLed daemon leaves) starts with this prefix.
+  const std::string prefix = TempSocketPath(tag_).substr(5);  // "vfud.<id>.<tag>.sock"
+  const std::string mine = prefix.substr(0, prefix.size() - 4);  // "vfud.<id>.<tag>."
+  for (const auto& entry : std::filesystem::directory_iterator("/tmp", ec)) {
+    if (entry.path().filename().string().rfind(mine, 0) == 0) {
+      std::filesystem::remove_all(entry.path(), ec);
+    }
+  }
 }
 
 std::string Daemon::DeviceSocket(const std::string& device) const {

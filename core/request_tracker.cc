@@ -106,7 +106,10 @@ absl::StatusOr<std::shared_ptr<RequestTracker::Slot>> RequestTracker::Register(
   }
   // Some id is free (checked above): find the next one in cyclic order.
   uint16_t id = next_id_;
-  while (outstanding_.contains(id) || abandoned_.contains(id)) ++id;
+  while (outstanding_.contains(id) ||
+         (!abandoned_.empty() && abandoned_.contains(id))) {
+    ++id;
+  }
   next_id_ = static_cast<uint16_t>(id + 1);
 
   auto slot = std::make_shared<Slot>();
@@ -123,14 +126,19 @@ RequestTracker::Delivery RequestTracker::ResolveLocked(
     const std::shared_ptr<Slot>& slot, absl::StatusOr<Message> result) {
   auto it = outstanding_.find(slot->msg_id);
   if (it != outstanding_.end() && it->second == slot) outstanding_.erase(it);
-  slot->resolved = true;
+  return FinishLocked(*slot, std::move(result));
+}
+
+RequestTracker::Delivery RequestTracker::FinishLocked(
+    Slot& slot, absl::StatusOr<Message> result) {
+  slot.resolved = true;
   Delivery delivery;
-  if (slot->callback) {
-    delivery.callback = std::move(slot->callback);
+  if (slot.callback) {
+    delivery.callback = std::move(slot.callback);
     delivery.result = std::move(result);
   } else {
-    slot->result = std::move(result);
-    slot->resolved_cv.SignalAll();
+    slot.result = std::move(result);
+    slot.resolved_cv.SignalAll();
   }
   return delivery;
 }
@@ -215,25 +223,27 @@ absl::Status RequestTracker::Complete(Message reply) {
       ++stats_.late_dropped;  // its requester gave up; the id is free again
       late = true;
     } else {
-      const std::shared_ptr<Slot> slot = it->second;
-      if (slot->cmd != h.cmd) {
+      if (it->second->cmd != h.cmd) {
         ++stats_.unexpected;
         return ErrnoError(EPROTO, absl::StrCat("reply ", h.msg_id, " is for ",
                                                CommandName(h.cmd),
                                                " but the request was ",
-                                               CommandName(slot->cmd)));
+                                               CommandName(it->second->cmd)));
       }
       ++stats_.delivered;
-      absl::StatusOr<Message> result;
+      // Take the slot out (one lookup); it stays alive through `slot`.
+      const std::shared_ptr<Slot> slot = std::move(it->second);
+      outstanding_.erase(it);
       if (h.is_error()) {
-        result = ErrorFromReply(h);  // any payload (lvu sends some) is dropped
+        // Any payload (lvu sends some) is dropped.
+        delivery = FinishLocked(*slot, ErrorFromReply(h));
       } else if (reply.fds_truncated) {
-        result = ErrnoError(EINVAL, absl::StrCat(CommandName(h.cmd),
-                                                 " reply carried too many fds"));
+        delivery = FinishLocked(
+            *slot, ErrnoError(EINVAL, absl::StrCat(CommandName(h.cmd),
+                                                   " reply carried too many fds")));
       } else {
-        result = std::move(reply);
+        delivery = FinishLocked(*slot, std::move(reply));
       }
-      delivery = ResolveLocked(slot, std::move(result));
     }
   }
   if (late) {

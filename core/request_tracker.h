@@ -148,6 +148,10 @@ class RequestTracker {
   Delivery ResolveLocked(const std::shared_ptr<Slot>& slot,
                          absl::StatusOr<Message> result)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The second half of ResolveLocked, for a slot already taken out of
+  // outstanding_ (Complete's hot path: one hash lookup per reply).
+  Delivery FinishLocked(Slot& slot, absl::StatusOr<Message> result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AbandonLocked(uint16_t msg_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True if the abandoned_fifo_ `entry` still describes a remembered id.
   bool IsLiveAbandonmentLocked(const std::pair<uint16_t, uint64_t>& entry)

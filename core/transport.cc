@@ -326,12 +326,14 @@ absl::StatusOr<bool> Connection::ReceiveInto(
 absl::Status Connection::PrepareBlockingReceive(absl::Time deadline) {
   absl::Duration slice = kReceiveSlice;
   if (deadline != absl::InfiniteFuture()) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      return ErrnoError(ETIMEDOUT, "receive timed out");
+    // Integer nanoseconds: this runs before every blocking receive.
+    const int64_t left_ns =
+        absl::ToUnixNanos(deadline) - absl::GetCurrentTimeNanos();
+    if (left_ns <= 0) return ErrnoError(ETIMEDOUT, "receive timed out");
+    if (left_ns < absl::ToInt64Nanoseconds(kReceiveSlice)) {
+      // Whole microseconds, rounded up: never wake before the deadline.
+      slice = absl::Microseconds((left_ns + 999) / 1000);
     }
-    // Whole microseconds, rounded up: never wake before the deadline.
-    if (left < slice) slice = absl::Ceil(left, absl::Microseconds(1));
   }
   if (slice == receive_slice_) return absl::OkStatus();
   const struct timeval tv = absl::ToTimeval(slice);
@@ -464,6 +466,7 @@ ssize_t Connection::ReceiveOnce(absl::Span<uint8_t> window,
                      MSG_CMSG_CLOEXEC | (dont_wait ? MSG_DONTWAIT : 0));
   } while (n < 0 && errno == EINTR);
   if (n < 0) return n;
+  if (mh.msg_controllen == 0 && (mh.msg_flags & MSG_CTRUNC) == 0) return n;
 
   // The fds belong to the message holding the read's last byte (FdBatch).
   FdBatch batch;
@@ -541,6 +544,24 @@ absl::Status Connection::SendParts(const Header& header,
   wire.msg_size = static_cast<uint32_t>(total);
   uint8_t header_bytes[kHeaderSize];
   EncodeHeader(wire, header_bytes);
+  if (fds.empty() && !HasPendingOutput()) {
+    // The common case: one sendmsg() takes the whole message. Anything else
+    // (a short write, EAGAIN, an error) continues on the general path below.
+    struct iovec iov[3];
+    size_t count = 0;
+    iov[count++] = {header_bytes, kHeaderSize};
+    if (!part1.empty()) {
+      iov[count++] = {const_cast<uint8_t*>(part1.data()), part1.size()};
+    }
+    if (!part2.empty()) {
+      iov[count++] = {const_cast<uint8_t*>(part2.data()), part2.size()};
+    }
+    const ssize_t n = SendOnce(iov, count, {});
+    if (n == static_cast<ssize_t>(total)) return absl::OkStatus();
+    OutputCursor out(header_bytes, part1, part2);
+    if (n > 0) out.Advance(static_cast<size_t>(n));
+    return SendNow(out, fds);
+  }
   OutputCursor out(header_bytes, part1, part2);
 
   if (HasPendingOutput()) {

@@ -152,6 +152,9 @@ void DeviceServer::OnAcceptable() {
         [this, alive](Session* s, const absl::Status& why) {
           if (*alive) OnSessionClosed(s, why);
         });
+    if (options_.events.on_client_attached) {
+      session_->set_on_attached(options_.events.on_client_attached);
+    }
     if (absl::Status st = session_->Start(); !st.ok()) {
       Log(LogLevel::kWarn, "server", "cannot serve connection",
           {{"device", device_->name()}, {"error", st.ToString()}});

@@ -380,6 +380,7 @@ absl::StatusOr<Session::Reply> Session::HandleVersion(Message& msg) {
        {"version", absl::StrCat(request->major, ".", negotiation->minor)},
        {"twin_socket", twin_ ? "yes" : "no"}});
   device_->Attach(this);
+  if (on_attached_) on_attached_(peer_);
   return reply;
 }
 

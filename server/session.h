@@ -86,6 +86,12 @@ class Session {
   // refused as a second client). Returns whether the session is still open.
   bool ReapIfPeerGone();
 
+  // Called once, on the loop thread, when VERSION succeeded and the device
+  // is attached. Set before Start().
+  void set_on_attached(std::function<void(const PeerCredentials&)> fn) {
+    on_attached_ = std::move(fn);
+  }
+
   const PeerCredentials& peer() const { return peer_; }
   bool negotiated() const { return negotiated_; }
   bool closed() const { return closed_; }
@@ -140,6 +146,7 @@ class Session {
   EventLoop* loop_;
   SessionOptions options_;
   CloseCallback on_close_;
+  std::function<void(const PeerCredentials&)> on_attached_;
   std::unique_ptr<Connection> conn_;
   std::unique_ptr<Connection> twin_;  // server->client requests, if negotiated
   PeerCredentials peer_;

@@ -105,6 +105,11 @@ class SessionTest : public ::testing::Test {
     DeviceServerOptions o;
     o.socket_path = path_;
     o.session.dma_timeout = absl::Seconds(2);
+    o.events.on_client_attached = [this](const PeerCredentials& peer) {
+      attached_pids_.push_back(peer.pid);
+    };
+    o.events.on_client_detached = [this](const absl::Status&) { ++detached_; };
+    o.events.on_client_refused = [this](const PeerCredentials&) { ++refused_; };
     auto server = DeviceServer::Create(loop_.get(), &dev_->device(), std::move(o));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
@@ -129,7 +134,34 @@ class SessionTest : public ::testing::Test {
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<TestDevice> dev_;
   std::unique_ptr<DeviceServer> server_;
+  // ServerEvents, recorded on the loop thread.
+  std::vector<pid_t> attached_pids_;
+  int detached_ = 0;
+  int refused_ = 0;
 };
+
+TEST_F(SessionTest, ServerEventsReportAttachDetachAndRefusal) {
+  {
+    auto c = Attach();
+    auto second = RawClient::Connect(path_);
+    ASSERT_TRUE(second.ok());
+    EXPECT_FALSE((*second)->Negotiate().ok());
+    loop_->RunSync([&] {
+      ASSERT_EQ(attached_pids_.size(), 1u);
+      EXPECT_EQ(attached_pids_[0], ::getpid());
+      EXPECT_EQ(refused_, 1);
+      EXPECT_EQ(detached_, 0);
+    });
+  }
+  // The detach is seen once the server reads the EOF.
+  for (int i = 0; i < 1000; ++i) {
+    int detached = 0;
+    loop_->RunSync([&] { detached = detached_; });
+    if (detached == 1) break;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  loop_->RunSync([&] { EXPECT_EQ(detached_, 1); });
+}
 
 TEST_F(SessionTest, TrappedRegionRoundTrip) {
   auto c = Attach();

@@ -153,8 +153,8 @@ namespace absl {
 
 Mutex::~Mutex() {
   REAL(void (*)(Mutex*), "_ZN4absl7debian35MutexD2Ev");
-  PASS_THROUGH_IF_NESTED(this);
-  __tsan_mutex_destroy(this, __tsan_mutex_not_static);
+  Outermost outermost;
+  if (outermost.outer()) __tsan_mutex_destroy(this, __tsan_mutex_not_static);
   real(this);
 }
 
