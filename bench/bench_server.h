@@ -4,7 +4,8 @@
 // The child process runs one EventLoop serving two devices built with the
 // public device API (server/device.h):
 //   * the "trap" device: BAR0 4 KiB of trapped 32-bit registers (callbacks),
-//     BAR2 2 MiB trapped bulk memory (callbacks that memcpy), one MSI
+//     BAR2 2 MiB trapped sink/source (callbacks that leave the data alone:
+//     the figure is the engine's cost, not a device's copy), one MSI
 //     vector. Nothing is mappable, so the client may post writes.
 //   * the "mmap" device: BAR0 4 MiB memory-backed and fully mappable.
 // The process is this very binary, started again with posix_spawn (so a

@@ -254,6 +254,10 @@ struct Client::Link {
   const void* reader ABSL_GUARDED_BY(io_mu) = nullptr;
   std::deque<ReplyWaiter*> role_queue ABSL_GUARDED_BY(io_mu);
   std::atomic<bool> requesters_read{false};
+  // A reply payload buffer handed back by a requester (RecyclePayload) for
+  // the next reader to receive into: no allocation per reply, and large
+  // replies are not zero-filled again.
+  std::vector<uint8_t> spare_payload ABSL_GUARDED_BY(io_mu);
   std::atomic<bool> lost{false};
   // Set once VERSION completed (after the fields below are written).
   std::atomic<bool> negotiated{false};
@@ -1099,6 +1103,13 @@ void Client::OnLinkLost(Link* link, const absl::Status& why) {
   link->main->Shutdown();
 }
 
+void Client::RecyclePayload(Link& link, std::vector<uint8_t> payload) {
+  absl::MutexLock lock(&link.io_mu);
+  if (payload.capacity() > link.spare_payload.capacity()) {
+    link.spare_payload.swap(payload);
+  }
+}
+
 void Client::FailLink(Link* link, const absl::Status& why) {
   OnLinkLost(link, why);
   // A request registered after OnLinkLost's FailAll (it raced with the
@@ -1163,6 +1174,9 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
         if (link.requesters_read.load(std::memory_order_acquire)) {
           if (link.reader == nullptr) {
             link.reader = &waiter;  // the role is free: read ourselves
+            if (message.payload.capacity() < link.spare_payload.capacity()) {
+              message.payload.swap(link.spare_payload);
+            }
           } else if (!waiter.queued) {
             link.role_queue.push_back(&waiter);
             waiter.queued = true;
@@ -1365,8 +1379,9 @@ absl::Status Client::Read(uint32_t region, uint64_t offset,
     EncodeRegionAccessHeaderTo(offset + done, region, count, request);
     OutgoingRequest out_request{Command::kRegionRead, request};
     out_request.idempotent = true;
+    std::shared_ptr<Link> link_used;
     absl::StatusOr<Message> reply =
-        Call(out_request, deadline, nullptr, std::move(snapshot.link));
+        Call(out_request, deadline, &link_used, std::move(snapshot.link));
     if (!reply.ok()) return reply.status();
     absl::StatusOr<RegionAccess> access =
         DecodeRegionReadReply(reply->payload, count);
@@ -1380,6 +1395,7 @@ absl::Status Client::Read(uint32_t region, uint64_t offset,
           " count ", count));
     }
     std::memcpy(out.data() + done, access->data.data(), count);
+    RecyclePayload(*link_used, std::move(reply->payload));
     done += count;
     counters_->region_bytes_read.fetch_add(count);
   }
@@ -1430,12 +1446,14 @@ absl::Status Client::Write(uint32_t region, uint64_t offset,
       absl::Status s = SendPosted(*link, request);
       if (!s.ok()) return s;
     } else {
+      std::shared_ptr<Link> link_used;
       absl::StatusOr<Message> reply =
-          Call(request, deadline, nullptr, std::move(snapshot.link));
+          Call(request, deadline, &link_used, std::move(snapshot.link));
       if (!reply.ok()) return reply.status();
       absl::StatusOr<RegionAccess> access =
           DecodeRegionWriteReply(reply->payload);
       if (!access.ok()) return BadReply("REGION_WRITE", access.status());
+      RecyclePayload(*link_used, std::move(reply->payload));
       if (access->count != count || access->offset != offset + done ||
           access->region != region) {
         return ProtocolError(absl::StrCat(

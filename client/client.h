@@ -351,6 +351,9 @@ class Client {
   // Marks `link` lost (once): fails its requests, and if it is the current
   // link starts reconnection.
   void OnLinkLost(Link* link, const absl::Status& why);
+  // Hands a reply's payload buffer back to `link` for reuse by the next
+  // reader (see Link::spare_payload).
+  void RecyclePayload(Link& link, std::vector<uint8_t> payload);
   // OnLinkLost, then fails whatever request is still outstanding on `link`
   // (one registered after the loss was first reported).
   void FailLink(Link* link, const absl::Status& why);

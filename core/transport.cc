@@ -324,27 +324,32 @@ absl::StatusOr<bool> Connection::ReceiveInto(
 }
 
 absl::Status Connection::PrepareBlockingReceive(absl::Time deadline) {
+  return PrepareBlockingWait(SO_RCVTIMEO, deadline, &receive_slice_);
+}
+
+absl::Status Connection::PrepareBlockingWait(int option, absl::Time deadline,
+                                             absl::Duration* current) {
   absl::Duration slice = kReceiveSlice;
   if (deadline != absl::InfiniteFuture()) {
     // Integer nanoseconds: this runs before every blocking receive.
     const int64_t left_ns =
         absl::ToUnixNanos(deadline) - absl::GetCurrentTimeNanos();
-    if (left_ns <= 0) return ErrnoError(ETIMEDOUT, "receive timed out");
+    if (left_ns <= 0) {
+      return ErrnoError(ETIMEDOUT, option == SO_RCVTIMEO ? "receive timed out"
+                                                         : "send timed out");
+    }
     if (left_ns < absl::ToInt64Nanoseconds(kReceiveSlice)) {
       // Whole microseconds, rounded up: never wake before the deadline.
       slice = absl::Microseconds((left_ns + 999) / 1000);
     }
   }
-  if (slice == receive_slice_) return absl::OkStatus();
+  if (slice == *current) return absl::OkStatus();
   const struct timeval tv = absl::ToTimeval(slice);
-  if (::setsockopt(socket_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) !=
-      0) {
-    // Without a bounded wait the next recvmsg could outlive the deadline:
-    // make it not wait at all (the EAGAIN path polls instead).
-    receive_slice_ = absl::ZeroDuration();
-    return ErrnoError(errno, "setsockopt(SO_RCVTIMEO)");
+  if (::setsockopt(socket_.get(), SOL_SOCKET, option, &tv, sizeof(tv)) != 0) {
+    *current = absl::ZeroDuration();  // unknown now: set it next time
+    return ErrnoError(errno, "setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)");
   }
-  receive_slice_ = slice;
+  *current = slice;
   return absl::OkStatus();
 }
 
@@ -390,9 +395,12 @@ absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
   if (msg_size > in_buf_.size()) {
     // Larger than the read-ahead buffer: the rest of it is received straight
     // into its payload. What is buffered is all its own (buffered <= buffer
-    // size < msg_size).
+    // size < msg_size). The payload is the caller's vector: a caller that
+    // reuses its Message gets large messages without allocating (and
+    // zero-filling) a buffer each time.
     Message msg;
     msg.header = *header;
+    msg.payload = std::move(out->payload);
     msg.payload.resize(msg_size - kHeaderSize);
     const size_t have = buffered - kHeaderSize;
     std::memcpy(msg.payload.data(), bytes.data() + kHeaderSize, have);
@@ -527,6 +535,21 @@ absl::Status Connection::SendParts(const Header& header,
                                    absl::Span<const uint8_t> part1,
                                    absl::Span<const uint8_t> part2,
                                    absl::Span<const int> fds) {
+  return SendPartsImpl(header, part1, part2, fds, /*reference_part2=*/false);
+}
+
+absl::Status Connection::SendPartsReferencing(const Header& header,
+                                              absl::Span<const uint8_t> part1,
+                                              absl::Span<const uint8_t> part2) {
+  return SendPartsImpl(header, part1, part2, {},
+                       /*reference_part2=*/!part2.empty());
+}
+
+absl::Status Connection::SendPartsImpl(const Header& header,
+                                       absl::Span<const uint8_t> part1,
+                                       absl::Span<const uint8_t> part2,
+                                       absl::Span<const int> fds,
+                                       bool reference_part2) {
   if (!send_error_.ok()) return send_error_;
   if (fds.size() > options_.max_fds_out) {
     return ErrnoError(EINVAL,
@@ -556,11 +579,21 @@ absl::Status Connection::SendParts(const Header& header,
     if (!part2.empty()) {
       iov[count++] = {const_cast<uint8_t*>(part2.data()), part2.size()};
     }
-    const ssize_t n = SendOnce(iov, count, {});
+    // Blocking mode waits inside sendmsg() (one syscall even for a message
+    // larger than the socket buffer), bounded by SO_SNDTIMEO.
+    std::optional<absl::Time> deadline;
+    bool wait = false;
+    if (!options_.nonblocking) {
+      deadline = options_.send_timeout == absl::InfiniteDuration()
+                     ? absl::InfiniteFuture()
+                     : absl::Now() + options_.send_timeout;
+      wait = PrepareBlockingWait(SO_SNDTIMEO, *deadline, &send_slice_).ok();
+    }
+    const ssize_t n = SendOnce(iov, count, {}, wait);
     if (n == static_cast<ssize_t>(total)) return absl::OkStatus();
     OutputCursor out(header_bytes, part1, part2);
     if (n > 0) out.Advance(static_cast<size_t>(n));
-    return SendNow(out, fds);
+    return SendNow(out, fds, deadline, reference_part2);
   }
   OutputCursor out(header_bytes, part1, part2);
 
@@ -568,27 +601,28 @@ absl::Status Connection::SendParts(const Header& header,
     // Order: queued bytes go first. Whatever does not fit joins the queue.
     absl::Status flushed = FlushPending();
     if (!flushed.ok()) return flushed;
-    if (HasPendingOutput()) return Enqueue(out, fds);
+    if (HasPendingOutput()) return Enqueue(out, fds, reference_part2);
   }
-  return SendNow(out, fds);
+  return SendNow(out, fds, std::nullopt, reference_part2);
 }
 
-absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds) {
-  // Blocking mode: the deadline starts at the first wait (the common case,
-  // a socket with room, reads no clock).
-  std::optional<absl::Time> deadline;
+absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds,
+                                 std::optional<absl::Time> deadline,
+                                 bool reference_last) {
+  // Blocking mode: without a deadline from the caller it starts at the
+  // first wait (the common case, a socket with room, reads no clock).
   while (!out.done()) {
     // The fds ride the first sendmsg that takes any byte, i.e. the header's.
     const absl::Span<const int> attach =
         out.sent_any() ? absl::Span<const int>() : fds;
-    const ssize_t n = SendOnce(out.iov(), out.iov_count(), attach);
+    const ssize_t n = SendOnce(out.iov(), out.iov_count(), attach, false);
     if (n > 0) {
       out.Advance(static_cast<size_t>(n));
       continue;
     }
     const int err = n < 0 ? errno : EAGAIN;  // 0 bytes: no room after all
     if (IsWouldBlock(err)) {
-      if (options_.nonblocking) return Enqueue(out, attach);
+      if (options_.nonblocking) return Enqueue(out, attach, reference_last);
       if (!deadline.has_value()) deadline = absl::Now() + options_.send_timeout;
       absl::Status waited = WaitForSocket(POLLOUT, *deadline, "send");
       if (!waited.ok()) return FailSend(std::move(waited), out.sent_any());
@@ -603,7 +637,7 @@ absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds) {
 }
 
 ssize_t Connection::SendOnce(const struct iovec* iov, size_t iov_count,
-                             absl::Span<const int> fds) {
+                             absl::Span<const int> fds, bool wait) {
   absl::InlinedVector<uint64_t, 8> control;  // uint64_t: cmsg alignment
   struct msghdr mh;
   std::memset(&mh, 0, sizeof(mh));
@@ -622,15 +656,18 @@ ssize_t Connection::SendOnce(const struct iovec* iov, size_t iov_count,
   }
   ssize_t n;
   do {
-    // Never wait inside sendmsg(): the socket may be blocking (see the
-    // constructor); waits are polls that honor send_timeout.
-    n = os_->SendMsg(socket_.get(), &mh, MSG_DONTWAIT);
+    // Waits inside sendmsg() only when asked (blocking mode, SO_SNDTIMEO
+    // set by PrepareBlockingWait); otherwise never, whatever the fd flags.
+    n = os_->SendMsg(socket_.get(), &mh, wait ? 0 : MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   return n;
 }
 
 absl::Status Connection::Enqueue(const OutputCursor& out,
-                                 absl::Span<const int> fds) {
+                                 absl::Span<const int> fds,
+                                 bool reference_last) {
+  // Anything referenced earlier goes before this message: copy it now.
+  CopyBorrowedOutput();
   // Dup first: if that fails, nothing has changed.
   FdBatch batch;
   batch.offset = out_buf_offset_ + out_buf_.size();
@@ -643,21 +680,35 @@ absl::Status Connection::Enqueue(const OutputCursor& out,
     if (copy < 0) return ErrnoError(errno, "dup of an fd to queue");
     batch.fds.emplace_back(copy);
   }
-  for (size_t i = 0; i < out.iov_count(); ++i) {
+  const size_t copied = reference_last && out.iov_count() > 0
+                            ? out.iov_count() - 1
+                            : out.iov_count();
+  for (size_t i = 0; i < copied; ++i) {
     const uint8_t* p = static_cast<const uint8_t*>(out.iov()[i].iov_base);
     out_buf_.insert(out_buf_.end(), p, p + out.iov()[i].iov_len);
+  }
+  if (copied < out.iov_count()) {
+    const struct iovec& last = out.iov()[copied];
+    out_borrowed_ = absl::MakeConstSpan(
+        static_cast<const uint8_t*>(last.iov_base), last.iov_len);
   }
   if (!batch.fds.empty()) out_fds_.push_back(std::move(batch));
   return absl::OkStatus();
 }
 
+void Connection::CopyBorrowedOutput() {
+  if (out_borrowed_.empty()) return;
+  out_buf_.insert(out_buf_.end(), out_borrowed_.begin(), out_borrowed_.end());
+  out_borrowed_ = {};
+}
+
 bool Connection::HasPendingOutput() const {
-  return out_start_ < out_buf_.size();
+  return out_start_ < out_buf_.size() || !out_borrowed_.empty();
 }
 
 absl::Status Connection::FlushPending() {
   if (!send_error_.ok()) return send_error_;
-  while (HasPendingOutput()) {
+  while (out_start_ < out_buf_.size()) {
     // Fd-less messages may share a sendmsg, but one that carries fds starts
     // at its message's header and carries nothing else (see FdBatch).
     const uint64_t pos = out_buf_offset_ + out_start_;
@@ -674,7 +725,7 @@ absl::Status Connection::FlushPending() {
     }
     struct iovec iov = {out_buf_.data() + out_start_,
                         static_cast<size_t>(end - pos)};
-    const ssize_t n = SendOnce(&iov, 1, fds);
+    const ssize_t n = SendOnce(&iov, 1, fds, false);
     if (n > 0) {
       if (!fds.empty()) out_fds_.erase(out_fds_.begin());  // closes the dups
       out_start_ += static_cast<size_t>(n);
@@ -688,6 +739,22 @@ absl::Status Connection::FlushPending() {
                     /*broken=*/true);
   }
   CompactOutput();
+  // The referenced tail follows the copied queue (it carries no fds).
+  while (out_start_ == out_buf_.size() && !out_borrowed_.empty()) {
+    struct iovec iov = {const_cast<uint8_t*>(out_borrowed_.data()),
+                        out_borrowed_.size()};
+    const ssize_t n = SendOnce(&iov, 1, {}, false);
+    if (n > 0) {
+      out_borrowed_.remove_prefix(static_cast<size_t>(n));
+      out_buf_offset_ += static_cast<uint64_t>(n);  // out_buf_ is empty
+      continue;
+    }
+    const int err = n < 0 ? errno : EAGAIN;
+    if (IsWouldBlock(err)) break;
+    return FailSend(ErrnoError(err, IsDisconnect(err) ? "sendmsg: peer closed"
+                                                      : "sendmsg"),
+                    /*broken=*/true);
+  }
   return absl::OkStatus();
 }
 

@@ -103,6 +103,15 @@ class Connection {
   absl::Status SendParts(const Header& header, absl::Span<const uint8_t> part1,
                          absl::Span<const uint8_t> part2 = {},
                          absl::Span<const int> fds = {});
+  // SendParts() without fds for a large `part2` (e.g. the data of a big
+  // reply) in non-blocking mode: what the socket does not take of `part2`
+  // is queued by reference instead of copied. REQUIRES: part2's bytes stay
+  // valid and unchanged until HasPendingOutput() is false (or the
+  // connection is destroyed); a later send converts the reference into a
+  // copy first, so only the caller's own writes to those bytes matter.
+  absl::Status SendPartsReferencing(const Header& header,
+                                    absl::Span<const uint8_t> part1,
+                                    absl::Span<const uint8_t> part2);
 
   // Blocking mode: waits (up to receive_timeout) for one whole message.
   // Non-blocking mode: returns std::nullopt if no whole message is buffered
@@ -174,6 +183,10 @@ class Connection {
   // blocking recvmsg() both waits and reads (one syscall) yet never waits
   // past the deadline by more than a slice. ETIMEDOUT if the deadline passed.
   absl::Status PrepareBlockingReceive(absl::Time deadline);
+  // The same for `option` (SO_RCVTIMEO or SO_SNDTIMEO), whose value we set
+  // last is *current.
+  absl::Status PrepareBlockingWait(int option, absl::Time deadline,
+                                   absl::Duration* current);
   // Where the next recvmsg writes, and the stream offset of that spot.
   absl::Span<uint8_t> NextReadWindow(uint64_t* stream_offset);
   // One recvmsg into `window` (EINTR retried), waiting for data unless
@@ -189,12 +202,28 @@ class Connection {
   bool HasPartialInput() const;
 
   // ---- Sending (sending thread only) ----
-  absl::Status SendNow(OutputCursor& out, absl::Span<const int> fds);
-  // One sendmsg (EINTR retried) of `iov`, with `fds` as SCM_RIGHTS.
+  // Sends what `out` has left; blocking mode waits up to `deadline` (or
+  // send_timeout from the first wait, when not given).
+  // `reference_last`: as for Enqueue.
+  absl::Status SendNow(OutputCursor& out, absl::Span<const int> fds,
+                       std::optional<absl::Time> deadline = std::nullopt,
+                       bool reference_last = false);
+  // One sendmsg (EINTR retried) of `iov`, with `fds` as SCM_RIGHTS; waits
+  // for room inside the call only if `wait` (see PrepareBlockingWait).
   ssize_t SendOnce(const struct iovec* iov, size_t iov_count,
-                   absl::Span<const int> fds);
-  // Copies what `out` has left (and dups `fds`) onto the output queue.
-  absl::Status Enqueue(const OutputCursor& out, absl::Span<const int> fds);
+                   absl::Span<const int> fds, bool wait);
+  // SendParts() and SendPartsReferencing().
+  absl::Status SendPartsImpl(const Header& header,
+                             absl::Span<const uint8_t> part1,
+                             absl::Span<const uint8_t> part2,
+                             absl::Span<const int> fds, bool reference_part2);
+  // Copies what `out` has left (and dups `fds`) onto the output queue; with
+  // `reference_last`, the unsent rest of the last piece is queued by
+  // reference (out_borrowed_).
+  absl::Status Enqueue(const OutputCursor& out, absl::Span<const int> fds,
+                       bool reference_last = false);
+  // Moves a referenced tail into out_buf_ (before more output is queued).
+  void CopyBorrowedOutput();
   void CompactOutput();
   // Records `status` as the permanent send error when `broken` (part of a
   // message went out, so the stream cannot carry another one).
@@ -224,6 +253,7 @@ class Connection {
   absl::Status receive_error_;        // sticky: framing error, EOF, reset
   bool last_read_short_ = false;      // the last recvmsg did not fill its window
   absl::Duration receive_slice_ = absl::ZeroDuration();  // SO_RCVTIMEO set
+  absl::Duration send_slice_ = absl::ZeroDuration();     // SO_SNDTIMEO set
   std::optional<Header> last_bad_header_;
 
   // Send state: the non-blocking output queue and a sticky error.
@@ -231,6 +261,8 @@ class Connection {
   size_t out_start_ = 0;          // first unsent byte in out_buf_
   uint64_t out_buf_offset_ = 0;   // stream offset of out_buf_[0]
   std::vector<FdBatch> out_fds_;  // dup'ed fds to send at queued offsets
+  // Queued by reference (SendPartsReferencing): sent after out_buf_.
+  absl::Span<const uint8_t> out_borrowed_;
   absl::Status send_error_;
 };
 

@@ -79,8 +79,12 @@ void DeviceServer::PauseAccepting(int err) {
   // The connection stays in the backlog; the listening socket stays
   // readable. Watching it now would spin the loop (level-triggered), so
   // look again a little later.
-  Log(LogLevel::kWarn, "server", "out of resources; accepting paused",
-      {{"device", device_->name()}, {"errno", absl::StrCat(err)}});
+  if (accept_pauses_++ % 100 == 0) {  // a long shortage logs now and then
+    Log(LogLevel::kWarn, "server", "out of resources; accepting paused",
+        {{"device", device_->name()},
+         {"errno", absl::StrCat(err)},
+         {"pauses", absl::StrCat(accept_pauses_)}});
+  }
   loop_->UnwatchFd(listen_fd_.get());
   accept_paused_ = true;
   auto alive = alive_;
@@ -138,6 +142,7 @@ void DeviceServer::OnAcceptable() {
       }
       return;
     }
+    accept_pauses_ = 0;
     // A client that hung up must not get its successor refused just because
     // its EOF is still queued behind this accept.
     if (session_) session_->ReapIfPeerGone();

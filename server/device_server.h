@@ -88,6 +88,7 @@ class DeviceServer {
   UniqueFd listen_fd_;
   bool created_path_ = false;
   bool accept_paused_ = false;
+  uint64_t accept_pauses_ = 0;  // in a row
   EventLoop::TimerId accept_timer_ = 0;
   std::unique_ptr<Session> session_;
   // Connections being refused: waiting for their VERSION (or a timeout).

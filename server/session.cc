@@ -126,6 +126,7 @@ bool Session::ReapIfPeerGone() {
 
 void Session::OnSocketEvent(Connection* conn, uint32_t events) {
   if (closed_) return;
+  bool drained = false;
   if (events & EPOLLOUT) {
     absl::Status st = conn->FlushPending();
     if (!st.ok()) {
@@ -133,9 +134,15 @@ void Session::OnSocketEvent(Connection* conn, uint32_t events) {
       return;
     }
     UpdateInterest(conn);
+    if (closed_) return;
+    drained = !conn->HasPendingOutput();
   }
-  if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) {
-    if (!conn->HasPendingOutput()) ReadMessages(conn);
+  const bool readable = (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP | EPOLLERR)) != 0;
+  // Commands read ahead before the output backed up may still sit in the
+  // connection's buffer: the socket will not report them again, so serve
+  // them as soon as the output has drained.
+  if ((readable || (drained && conn->HasBufferedInput())) && !conn->HasPendingOutput()) {
+    ReadMessages(conn);
   }
 }
 
@@ -204,12 +211,15 @@ void Session::SendOrClose(Connection* conn, const Message& msg) {
 
 void Session::SendReplyOrClose(const Header& request,
                                absl::Span<const uint8_t> part1,
-                               absl::Span<const uint8_t> part2) {
+                               absl::Span<const uint8_t> part2,
+                               bool reference_part2) {
   Header reply;
   reply.msg_id = request.msg_id;
   reply.cmd = request.cmd;
   reply.flags = kFlagsTypeReply;
-  absl::Status st = conn_->SendParts(reply, part1, part2);
+  absl::Status st = reference_part2
+                        ? conn_->SendPartsReferencing(reply, part1, part2)
+                        : conn_->SendParts(reply, part1, part2);
   if (!st.ok()) Close(st);
 }
 
@@ -465,7 +475,10 @@ absl::Status Session::HandleRegionRead(Message& msg) {
   if (msg.header.no_reply()) return absl::OkStatus();
   uint8_t access[16];
   EncodeRegionAccessHeaderTo(req->offset, req->region, req->count, access);
-  SendReplyOrClose(msg.header, ByteSpan(access, sizeof(access)), data);
+  // The data is read_buf_: a large reply the socket cannot take at once is
+  // queued without copying it.
+  SendReplyOrClose(msg.header, ByteSpan(access, sizeof(access)), data,
+                   /*reference_part2=*/true);
   return absl::OkStatus();
 }
 

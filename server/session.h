@@ -133,9 +133,13 @@ class Session {
   absl::StatusOr<Reply> HandleMigDataWrite(Message& msg);
   void SendOrClose(Connection* conn, const Message& msg);
   // Sends the success reply to `request` on the main socket (header + up to
-  // two payload pieces, no fds); closes the session if that fails.
+  // two payload pieces, no fds); closes the session if that fails. With
+  // `reference_part2`, what the socket does not take of part2 is queued by
+  // reference (Connection::SendPartsReferencing): part2 must be read_buf_,
+  // which stays untouched while output is pending (no command is read then).
   void SendReplyOrClose(const Header& request, absl::Span<const uint8_t> part1,
-                        absl::Span<const uint8_t> part2 = {});
+                        absl::Span<const uint8_t> part2 = {},
+                        bool reference_part2 = false);
   void UpdateInterest(Connection* conn);
   void StartDmaChunk(std::shared_ptr<PendingDma> op);
   void FailPendingDma(const absl::Status& why);

@@ -108,8 +108,9 @@ class ProcessFaultTest : public ::testing::Test {
     struct rlimit saved {};
     getrlimit(RLIMIT_NOFILE, &saved);
     if (nofile != 0) {
-      struct rlimit low = {nofile, nofile < saved.rlim_max ? nofile : saved.rlim_max};
-      // Only the child must run with it: set, fork+exec, restore.
+      // Only the child must run with it: set, fork+exec, restore. The hard
+      // limit stays (lowering it could not be undone).
+      struct rlimit low = {nofile, saved.rlim_max};
       if (setrlimit(RLIMIT_NOFILE, &low) != 0) return ErrnoError(errno, "setrlimit");
     }
     auto server = Subprocess::Start({RunfilePath("server/devices/vfio-user-sample-server"),
@@ -217,19 +218,18 @@ TEST_F(ProcessFaultTest, StoppedServerMakesTheClientTimeOutNotHang) {
   ASSERT_EQ(kill(server_->pid(), SIGCONT), 0);
 
   // The late reply is dropped, never taken for the next request's answer.
-  EXPECT_TRUE(Eventually([&] { return (*client)->counters().late_replies >= 1; }));
   auto again = (*client)->ReadValue(kPciConfigRegionIndex, 0, 4);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again & 0xffff, Idio16Device::kVendorId);
+  EXPECT_EQ((*client)->counters().late_replies, 1u);
 }
 
 // ---- A peer that dies mid-message ----
 
 TEST_F(ProcessFaultTest, ClientKilledMidMessageLeavesNothingBehind) {
   ASSERT_TRUE(StartServer().ok());
-  { auto warm = Attach(idio_path_); }  // the server's own fds settle
-  ASSERT_TRUE(Eventually([&] { return CountOpenFds(server_->pid()) > 0; }));
-  const int baseline = CountOpenFds(server_->pid());
+  ASSERT_TRUE(Eventually([&] { return access(dma_path_.c_str(), F_OK) == 0; }));
+  const int baseline = CountOpenFds(server_->pid());  // listening, no client
 
   const pid_t child = fork();
   ASSERT_GE(child, 0);
@@ -288,19 +288,40 @@ TEST_F(ProcessFaultTest, ServerWithoutFdsToStartExitsWithAnError) {
 }
 
 TEST_F(ProcessFaultTest, ServerOutOfFdsPausesAcceptingAndRecovers) {
-  ASSERT_TRUE(StartServer(/*nofile=*/32).ok());
+  ASSERT_TRUE(StartServer().ok());
   std::unique_ptr<RawClient> attached = Attach(idio_path_);
   ASSERT_NE(attached, nullptr);
+  std::unique_ptr<RawClient> dma_client = Attach(dma_path_);
+  ASSERT_NE(dma_client, nullptr);
+  // Leave the running server room for just a few more fds.
+  const int in_use = CountOpenFds(server_->pid());
+  struct rlimit tight = {static_cast<rlim_t>(in_use + 4), RLIM_INFINITY};
+  struct rlimit old {};
+  ASSERT_EQ(prlimit(server_->pid(), RLIMIT_NOFILE, nullptr, &old), 0);
+  tight.rlim_max = old.rlim_max;
+  ASSERT_EQ(prlimit(server_->pid(), RLIMIT_NOFILE, &tight, nullptr), 0);
 
   // A flood of connections: the server accepts (and refuses) until its fd
-  // table is full, the rest wait in the backlog.
+  // table is full; the rest wait in the backlog.
   std::vector<UniqueFd> flood;
-  for (int i = 0; i < 60; ++i) {
+  for (int i = 0; i < 40; ++i) {
     absl::StatusOr<UniqueFd> fd = ConnectUnix(dma_path_);
     if (fd.ok()) flood.push_back(std::move(*fd));
   }
-  ASSERT_GT(flood.size(), 32u);
-  ASSERT_TRUE(Eventually([&] { return CountOpenFds(server_->pid()) >= 30; }));
+  ASSERT_GT(flood.size(), 8u);
+  ASSERT_TRUE(Eventually([&] { return CountOpenFds(server_->pid()) >= in_use + 4; }));
+
+  // Within a session, what needs an fd fails cleanly meanwhile (the kernel
+  // drops the fd; the server answers with an error and carries on).
+  UniqueFd efd(eventfd(0, EFD_CLOEXEC));
+  SetIrqs irqs;
+  irqs.flags = kIrqSetDataEventfd | kIrqSetActionTrigger;
+  irqs.index = kPciMsixIrqIndex;
+  irqs.count = 1;
+  auto wired = dma_client->Call(Command::kDeviceSetIrqs, EncodeSetIrqs(irqs), {efd.get()});
+  ASSERT_TRUE(wired.ok()) << wired.status();
+  EXPECT_TRUE(wired->header.is_error()) << "an fd arrived although the table is full";
+
 
   // Out of fds, the server does not spin on its listening sockets.
   const double cpu_before = CpuSeconds(server_->pid());
@@ -314,6 +335,7 @@ TEST_F(ProcessFaultTest, ServerOutOfFdsPausesAcceptingAndRecovers) {
   // Once the flood is gone, new clients are served again.
   flood.clear();
   attached.reset();
+  dma_client.reset();
   std::unique_ptr<RawClient> later = Attach(dma_path_);
   ASSERT_NE(later, nullptr);
   auto dma_id = later->ConfigRead32(0);

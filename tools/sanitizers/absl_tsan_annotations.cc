@@ -317,12 +317,16 @@ bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
 // ---- Suppressions ----
 
 // Races TSan must not report (linked into every tsan binary with this file):
-//  - guest memory: the DMA table copies to and from memory the client (a
-//    VMM, another process) shares with us; concurrent device accesses to
-//    it are DMA semantics, ordered by the guest, not by our locks.
+//  - guest memory: the server's DMA table and the client's DMA space copy
+//    to and from memory that another process (the VMM's guest RAM, the
+//    device) shares; concurrent accesses to it are DMA semantics, ordered
+//    by the guest and the device protocol (often through a socket, which
+//    TSan does not see), not by our locks.
 extern "C" const char* __tsan_default_suppressions() {
   return "race:vfio_user::DmaTable::Access\n"
-         "race:vfio_user::DmaTable::WithMappedRange\n";
+         "race:vfio_user::DmaTable::WithMappedRange\n"
+         "race:vfio_user::DmaSpace::Read\n"
+         "race:vfio_user::DmaSpace::Write\n";
 }
 
 // ---- Notification ----
