@@ -18,7 +18,9 @@ bazel test --config=ci "$@" //... </dev/null || rc=$?
 # The sanitizer run: everything but the libFuzzer smoke tests, which build
 # their own ASan+UBSan binaries with clang and just ran above.
 asan_targets=(//... -//tests/fuzz:codec_fuzz_smoke_test -//tests/fuzz:fuzz_smoke_test)
-testlogs=(bazel-testlogs/)
+# Resolve the output directories now: the bazel-testlogs symlink follows the
+# last build, so it would point at the sanitizer run afterwards.
+testlogs=("$(bazel info --config=ci bazel-testlogs 2>/dev/null)/")
 if [ "${VFIO_USER_ASAN:-1}" != "0" ]; then
   bazel test --config=ci --config=asan "$@" -- "${asan_targets[@]}" </dev/null || rc=$?
   testlogs+=("$(bazel info --config=ci --config=asan bazel-testlogs 2>/dev/null)/")
