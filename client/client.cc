@@ -1569,7 +1569,9 @@ absl::Status Client::DmaMap(const DmaRegion& region) {
 absl::Status Client::Unmap(const DmaUnmapRequest& request) {
   const bool all = (request.flags & kDmaUnmapFlagAll) != 0;
   const absl::Time deadline = absl::Now() + options_.request_timeout;
-  return WithJournal(deadline, [&](const std::shared_ptr<Link>& link) {
+  bool sent = false;
+  absl::Status status = WithJournal(deadline, [&](const std::shared_ptr<Link>& link) {
+    sent = true;
     if (!all) {
       bool found = false;
       for (const DmaSpace::Entry& e : dma_space_.Snapshot()) {
@@ -1598,6 +1600,19 @@ absl::Status Client::Unmap(const DmaUnmapRequest& request) {
     }
     return absl::OkStatus();
   });
+  if (!sent) {
+    // No connection within the deadline (failed, closed, or still
+    // reconnecting): the contract holds all the same. The caller may free
+    // the memory now, so it must neither be served nor replayed (the
+    // journal lock orders this with a replay in progress).
+    absl::MutexLock journal_lock(&journal_mu_);
+    if (all) {
+      dma_space_.Clear();
+    } else {
+      dma_space_.Remove(request.address, request.size).IgnoreError();
+    }
+  }
+  return status;
 }
 
 absl::Status Client::DmaUnmap(uint64_t iova, uint64_t size) {

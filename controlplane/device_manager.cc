@@ -589,7 +589,8 @@ absl::StatusOr<v1::Device> DeviceManager::CreateOnLoop(const v1::DeviceSpec& spe
   *persisted.mutable_create_time() = ToTimestamp(now);
   if (absl::Status saved = store_->Save(persisted); !saved.ok()) {
     RemoveSocketFile(spec.socket().path(), socket->dev, socket->ino);
-    return absl::InternalError(saved.message());
+    // Keep the code: a full disk is RESOURCE_EXHAUSTED, not a daemon bug.
+    return absl::Status(saved.code(), saved.message());
   }
   auto device = std::make_unique<ManagedDevice>(this, spec, now);
   device->AdoptSocket(std::move(*socket));

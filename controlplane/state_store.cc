@@ -186,8 +186,10 @@ absl::Status StateStore::Save(const PersistedDevice& device) {
   }
   if (!st.ok()) {
     ::unlinkat(devices_dir_.get(), tmp.c_str(), 0);
+    // Name the cause ("No space left on device"): the operator must act.
     return absl::Status(st.code(), absl::StrCat("saving device state of ", name, ": ",
-                                                 st.message()));
+                                                 st.message(), ": ",
+                                                 std::strerror(ErrnoOf(st))));
   }
   if (::fsync(devices_dir_.get()) != 0) {
     return ErrnoError(errno, absl::StrCat("fsync of ", devices_dir_path_, " failed"));

@@ -90,6 +90,7 @@ Device::Device(std::string name, bool pcie)
       regions_(kPciNumRegions) {}
 
 Device::~Device() {
+  *alive_ = false;  // tasks this device posted to the loop must not touch it
   // IrqController unwatches its fds through the loop; it must go first.
   irqs_.reset();
   for (auto& region : regions_) {
@@ -412,9 +413,23 @@ void Device::Attach(Session* session) {
   if (on_attach_) on_attach_();
 }
 
+void Device::PendingMessageDma::Finish(absl::Status status) {
+  if (finished) return;  // the session answered, or the client went first
+  finished = true;
+  result = std::move(status);
+  done.Notify();
+}
+
 void Device::Detach() {
   if (session_ == nullptr) return;
   session_ = nullptr;
+  {
+    // Workers waiting for DMA by message: no client will answer any more.
+    absl::MutexLock lock(&pending_dma_mu_);
+    for (const auto& pending : pending_message_dma_) {
+      pending->Finish(ErrnoError(ENOTCONN, "client went away"));
+    }
+  }
   // PROTOCOL.md §6.6: drop the client's maps and interrupt fds, keep state.
   if (dma_) dma_->UnmapAll();
   if (irqs_) irqs_->ReleaseClientResources();
@@ -433,7 +448,9 @@ void Device::SetIntxLevel(bool asserted) {
   if (asserted) counters_.irqs_triggered++;
   // Config space belongs to the loop thread.
   if (loop_ != nullptr && !loop_->IsLoopThread()) {
-    loop_->Post([this, asserted] { ApplyIntxLevel(asserted); });
+    loop_->Post([this, alive = alive_, asserted] {
+      if (*alive) ApplyIntxLevel(asserted);
+    });
   } else {
     ApplyIntxLevel(asserted);
   }
@@ -466,24 +483,29 @@ absl::Status Device::DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool wri
                       "DMA to memory mapped without an fd needs a worker thread");
   }
   // Round trip through the client: the loop thread sends DMA_READ/WRITE and
-  // this thread waits. The shared state outlives a timed-out wait.
-  struct State {
-    absl::Notification done;
-    absl::Status result;
-    std::vector<uint8_t> buffer;
-  };
-  auto state = std::make_shared<State>();
+  // this thread waits. The shared state outlives a timed-out wait. It is
+  // registered so that a client that goes away (Detach) releases the waiter
+  // at once, even when the task below has not run yet.
+  auto state = std::make_shared<PendingMessageDma>();
   if (write) {
     state->buffer.assign(buf, buf + len);
   } else {
     state->buffer.resize(len);
   }
-  loop_->Post([this, state, iova, write] {
+  {
+    absl::MutexLock lock(&pending_dma_mu_);
+    pending_message_dma_.insert(state);
+  }
+  // The task may run after this device is gone (destroyed while a worker
+  // waited here): it checks `alive` (on the loop thread, where destruction
+  // happens) before touching the device.
+  loop_->Post([this, alive = alive_, state, iova, write] {
+    if (!*alive) {
+      state->Finish(ErrnoError(ENODEV, "device destroyed"));
+      return;
+    }
     Session* s = session_;
-    auto finish = [state](absl::Status st) {
-      state->result = std::move(st);
-      state->done.Notify();
-    };
+    auto finish = [state](absl::Status st) { state->Finish(std::move(st)); };
     if (s == nullptr) {
       finish(ErrnoError(ENOTCONN, "client went away"));
     } else if (write) {
@@ -492,9 +514,12 @@ absl::Status Device::DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool wri
       s->DmaReadByMessage(iova, state->buffer.data(), state->buffer.size(), finish);
     }
   });
-  if (!state->done.WaitForNotificationWithTimeout(kDmaMessageWait)) {
-    return ErrnoError(ETIMEDOUT, "DMA by message timed out");
+  const bool answered = state->done.WaitForNotificationWithTimeout(kDmaMessageWait);
+  {
+    absl::MutexLock lock(&pending_dma_mu_);
+    pending_message_dma_.erase(state);
   }
+  if (!answered) return ErrnoError(ETIMEDOUT, "DMA by message timed out");
   if (state->result.ok() && !write) std::memcpy(buf, state->buffer.data(), len);
   return state->result;
 }

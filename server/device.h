@@ -31,9 +31,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "core/codec.h"
@@ -196,6 +198,16 @@ class Device {
   Session* session() const { return session_; }
 
  private:
+  // A worker thread waiting for a DMA_READ/DMA_WRITE round trip.
+  struct PendingMessageDma {
+    absl::Notification done;
+    absl::Status result;
+    std::vector<uint8_t> buffer;
+    bool finished = false;  // loop thread
+    // Records the outcome and wakes the worker, once. REQUIRES: loop thread.
+    void Finish(absl::Status status);
+  };
+
   absl::Status DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool write);
   void ApplyIntxLevel(bool asserted);
   absl::Status CheckAccess(uint32_t index, uint64_t offset, size_t len,
@@ -230,6 +242,11 @@ class Device {
   EventLoop* loop_ = nullptr;
   std::atomic<Session*> session_{nullptr};
   DeviceCounters counters_;
+  // Cleared by the destructor (loop thread); guards tasks posted to the loop.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  absl::Mutex pending_dma_mu_;
+  absl::flat_hash_set<std::shared_ptr<PendingMessageDma>> pending_message_dma_
+      ABSL_GUARDED_BY(pending_dma_mu_);
 };
 
 }  // namespace vfio_user
