@@ -3,7 +3,8 @@
 # the native tests again under AddressSanitizer + UndefinedBehaviorSanitizer
 # (--config=asan, docs/SECURITY.md).
 # Prints "N passed, N failed" (counted from the GoogleTest XML files of both
-# runs) last. VFIO_USER_ASAN=0 skips the sanitizer run.
+# runs) last. The sanitizer run is opt-in for now (VFIO_USER_ASAN=1): it
+# doubles the cold build on CI's 2 cores and has not yet been timed there.
 set -euo pipefail
 cd "$(dirname "$0")"
 tools/install-deps.sh
@@ -17,11 +18,11 @@ bazel test --config=ci "$@" //... </dev/null || rc=$?
 
 # The sanitizer run: everything but the libFuzzer smoke tests, which build
 # their own ASan+UBSan binaries with clang and just ran above.
-asan_targets=(//... -//tests/fuzz:codec_fuzz_smoke_test -//tests/fuzz:fuzz_smoke_test)
+asan_targets=(//... -//tests/fuzz:codec_fuzz_smoke_test)
 # Resolve the output directories now: the bazel-testlogs symlink follows the
 # last build, so it would point at the sanitizer run afterwards.
 testlogs=("$(bazel info --config=ci bazel-testlogs 2>/dev/null)/")
-if [ "${VFIO_USER_ASAN:-1}" != "0" ]; then
+if [ "${VFIO_USER_ASAN:-0}" = "1" ]; then
   bazel test --config=ci --config=asan "$@" -- "${asan_targets[@]}" </dev/null || rc=$?
   testlogs+=("$(bazel info --config=ci --config=asan bazel-testlogs 2>/dev/null)/")
 fi
