@@ -120,6 +120,9 @@ class MmapDevice {
   Device device_;
 };
 
+// Largest DMA / memcpy transfer the control commands may ask for.
+constexpr uint64_t kMaxTransfer = 4u << 20;
+
 std::vector<double> TimedLoop(uint64_t iters,
                               const std::function<void()>& body) {
   std::vector<double> samples;
@@ -162,10 +165,15 @@ int ServeMain(int control_fd, int raw_eventfd, SharedPage* shared,
 
   const Command ready{Op::kReady};
   WriteFull(control_fd, &ready, sizeof(ready));
-  std::vector<uint8_t> buffer, source;
+  // Page-aligned, as guest memory is (see AlignedBuffer in harness.h).
+  uint8_t* const buffer = AlignedBuffer(kMaxTransfer, 0);
+  uint8_t* const source = AlignedBuffer(kMaxTransfer, 0x5a);
   for (;;) {
     Command cmd;
     ReadFull(control_fd, &cmd, sizeof(cmd));
+    if (cmd.size > kMaxTransfer) {
+      Check(absl::InvalidArgumentError("transfer too large"), "command");
+    }
     switch (cmd.op) {
       case Op::kReady:
       case Op::kExit:
@@ -179,8 +187,7 @@ int ServeMain(int control_fd, int raw_eventfd, SharedPage* shared,
       case Op::kDmaLoop: {
         Device& dev = (cmd.flags & kFlagMmapDevice) ? mmap_device.device()
                                                      : trap.device();
-        if (buffer.size() < cmd.size) buffer.resize(cmd.size);
-        const absl::Span<uint8_t> data(buffer.data(), cmd.size);
+        const absl::Span<uint8_t> data(buffer, cmd.size);
         const bool write = (cmd.flags & kFlagWrite) != 0;
         SendSamples(control_fd, TimedLoop(cmd.iters, [&] {
                       Check(write ? dev.DmaWrite(cmd.iova, data)
@@ -190,12 +197,10 @@ int ServeMain(int control_fd, int raw_eventfd, SharedPage* shared,
         break;
       }
       case Op::kMemcpyLoop: {
-        if (buffer.size() < cmd.size) buffer.resize(cmd.size);
-        if (source.size() < cmd.size) source.resize(cmd.size, 0x5a);
         SendSamples(control_fd, TimedLoop(cmd.iters, [&] {
-                      std::memcpy(buffer.data(), source.data(), cmd.size);
+                      std::memcpy(buffer, source, cmd.size);
                       // Keep the copy from being optimized away.
-                      asm volatile("" : : "r"(buffer.data()) : "memory");
+                      asm volatile("" : : "r"(buffer) : "memory");
                     }));
         break;
       }

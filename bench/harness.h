@@ -135,6 +135,14 @@ int WaitChild(pid_t pid);
 void WriteFull(int fd, const void* data, size_t len);
 void ReadFull(int fd, void* data, size_t len);
 
+// A page-aligned anonymous mapping of `size` bytes filled with `fill`, for
+// the life of the process. Buffers that copies go through should be page
+// aligned like guest memory and BARs: glibc's memcpy (rep movsb) is many
+// times slower on this CPU when the destination sits just past the source
+// modulo 4 KiB -- which a malloc'ed buffer (16 bytes into its page) against
+// a page-aligned mapping provokes.
+uint8_t* AlignedBuffer(size_t size, uint8_t fill);
+
 // Resident set size (VmRSS) and thread count of process `pid` (0 = self),
 // from /proc.
 struct ProcessUsage {
@@ -143,7 +151,9 @@ struct ProcessUsage {
 };
 ProcessUsage ReadProcessUsage(pid_t pid = 0);
 
-// A unique AF_UNIX socket path under /tmp (short: the limit is 107 bytes).
+// A unique path prefix under /tmp (short: sockets made from it must stay
+// within 107 bytes), and a unique AF_UNIX socket path.
+std::string TmpPrefix(const std::string& tag);
 std::string SocketPath(const std::string& tag);
 
 // ---- Report ----
@@ -156,13 +166,14 @@ class Report {
   Report(std::string title, std::string target, const BenchConfig& config);
 
   // A latency row: median / p99 / ops/s of floor and subject, ratio of the
-  // medians (subject / floor).
+  // medians (subject / floor), checked against `max_ratio` if given (> 0).
   void Latency(const std::string& what, const std::string& floor_name,
-               const Comparison& c);
+               const Comparison& c, double max_ratio = 0);
   // A bandwidth row for `bytes` per operation: GiB/s from the medians and
-  // the subject's share of the floor.
+  // the subject's share of the floor, checked against `min_share` (0..1)
+  // if given (> 0).
   void Bandwidth(const std::string& what, const std::string& floor_name,
-                 uint64_t bytes, const Comparison& c);
+                 uint64_t bytes, const Comparison& c, double min_share = 0);
   // A throughput row (operations per second, from the mean), share of floor.
   void Throughput(const std::string& what, const std::string& floor_name,
                   double floor_ops, double subject_ops);

@@ -59,10 +59,10 @@ int Main(int argc, char** argv) {
   Report report("1. Region access: 4-byte round trips",
                 "//bench:region_rtt_bench", config);
   report.Latency("REGION_READ 4 B: Client::Read -> device callback -> reply",
-                 "raw ping-pong 32 B -> 36 B", read);
+                 "raw ping-pong 32 B -> 36 B", read, /*max_ratio=*/1.05);
   report.Latency(
       "REGION_WRITE 4 B: Client::Write (waited) -> device callback -> reply",
-      "raw ping-pong 36 B -> 32 B", write);
+      "raw ping-pong 36 B -> 32 B", write, /*max_ratio=*/1.05);
   report.Note(
       "Both sides are separate processes pinned to one CPU. The floor is two "
       "processes doing blocking write()/read() of exactly the wire sizes "

@@ -3,9 +3,11 @@
 // its RSS and threads with 1000 idle devices, ListDevices of 1000, and 1000
 // clients attached at once; (b) the same engine as a library: 1000
 // DeviceServers on one EventLoop in a process of their own.
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,7 +78,7 @@ class DaemonProcess {
   static std::unique_ptr<DaemonProcess> Start(const std::string& binary,
                                               int max_devices) {
     std::unique_ptr<DaemonProcess> d(new DaemonProcess());
-    const std::string base = absl::StrCat("/tmp/vubd.", ::getpid());
+    const std::string base = TmpPrefix("daemon");
     d->grpc_socket_ = base + ".grpc.sock";
     d->state_dir_ = base + ".state";
     ::mkdir(d->state_dir_.c_str(), 0700);
@@ -88,12 +90,20 @@ class DaemonProcess {
         "--isolation=dense",
         "--default_devices=false",
         absl::StrCat("--max_devices=", max_devices),
-        "--log_level=warning"};
+        "--log_level=warn"};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    const int err = ::posix_spawn(&d->pid_, binary.c_str(), nullptr, nullptr,
+    // Its own output (start-up hints, logs) must not mix with the report.
+    posix_spawn_file_actions_t actions;
+    ::posix_spawn_file_actions_init(&actions);
+    ::posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null",
+                                       O_WRONLY, 0);
+    ::posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null",
+                                       O_WRONLY, 0);
+    const int err = ::posix_spawn(&d->pid_, binary.c_str(), &actions, nullptr,
                                   argv.data(), environ);
+    ::posix_spawn_file_actions_destroy(&actions);
     errno = err;
     CheckErrno(err == 0, "posix_spawn vfio-userd");
     d->channel_ = grpc::CreateChannel("unix:" + d->grpc_socket_,
@@ -105,6 +115,12 @@ class DaemonProcess {
       v1::ListDevicesRequest request;
       v1::ListDevicesResponse response;
       if (d->stub_->ListDevices(&context, request, &response).ok()) break;
+      int status = 0;
+      if (::waitpid(d->pid_, &status, WNOHANG) == d->pid_) {
+        d->pid_ = -1;
+        Check(absl::InternalError("vfio-userd exited at start-up"),
+              "daemon start");
+      }
       if (absl::Now() > give_up) {
         Check(absl::DeadlineExceededError("vfio-userd did not come up"),
               "daemon start");
@@ -139,13 +155,14 @@ void DaemonFigures(const BenchConfig& config, const std::string& binary,
   const ProcessUsage empty = ReadProcessUsage(daemon->pid());
 
   std::vector<std::string> sockets;
+  const std::string prefix = TmpPrefix("dev") + ".";
   const absl::Time start = absl::Now();
   for (int i = 0; i < devices; ++i) {
     v1::CreateDeviceRequest request;
     v1::DeviceSpec* spec = request.mutable_spec();
     spec->set_name(absl::StrCat("dev", i));
     spec->mutable_idio16();
-    sockets.push_back(absl::StrCat("/tmp/vubd.", ::getpid(), ".", i, ".sock"));
+    sockets.push_back(absl::StrCat(prefix, i, ".sock"));
     spec->mutable_socket()->set_path(sockets.back());
     grpc::ClientContext context;
     v1::Device device;
@@ -242,7 +259,7 @@ int LibraryServerMain(int devices, const std::string& prefix, int ready_fd,
 void LibraryFigures(int devices, Report* report) {
   int ready[2], control[2];
   CheckErrno(::pipe(ready) == 0 && ::pipe(control) == 0, "pipe");
-  const std::string prefix = absl::StrCat("/tmp/vubl.", ::getpid(), ".");
+  const std::string prefix = TmpPrefix("lib") + ".";
   // Forked before any thread of ours exists (see ForkChild).
   const pid_t pid = ForkChild([&] {
     ::close(ready[0]);

@@ -1187,12 +1187,20 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
               absl::Condition(&ReplyWaiter::Ready, &waiter), deadline);
         }
       }
-      if (waiter.done) {
+      if (waiter.done && link.reader == &waiter &&
+          link.main->HasBufferedMessage()) {
+        // Replies to other requesters are already in our buffer (one
+        // recvmsg often brings several): deliver them before letting go,
+        // so that their threads wake with the answer instead of taking the
+        // role in turn just to parse it.
+        reading = true;
+      } else if (waiter.done) {
         if (link.reader == &waiter) link.ReleaseReaderLocked();
         return *std::move(waiter.result);
+      } else {
+        reading = link.reader == &waiter;
+        if (!reading) link.DequeueLocked(&waiter);  // timed out waiting
       }
-      reading = link.reader == &waiter;
-      if (!reading) link.DequeueLocked(&waiter);  // timed out waiting
     }
     if (!reading) {
       // The deadline passed while waiting: fail the request (the callback

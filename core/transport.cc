@@ -217,12 +217,13 @@ Connection::Connection(UniqueFd socket, TransportOptions options, Os* os)
     receive_error_ = send_error_ = ErrnoError(EBADF, "no socket");
     return;
   }
+  // Non-blocking mode passes MSG_DONTWAIT on every call and leaves the fd's
+  // flags alone; blocking mode needs a blocking fd to wait inside recvmsg().
+  if (options_.nonblocking) return;
   const int flags = ::fcntl(socket_.get(), F_GETFL);
-  const int wanted =
-      options_.nonblocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
-  if (flags < 0 ||
-      (wanted != flags && ::fcntl(socket_.get(), F_SETFL, wanted) != 0)) {
-    receive_error_ = send_error_ = ErrnoError(errno, "setting O_NONBLOCK");
+  if (flags < 0 || ((flags & O_NONBLOCK) != 0 &&
+                    ::fcntl(socket_.get(), F_SETFL, flags & ~O_NONBLOCK) != 0)) {
+    receive_error_ = send_error_ = ErrnoError(errno, "clearing O_NONBLOCK");
   }
 }
 
@@ -267,11 +268,13 @@ absl::StatusOr<std::optional<Message>> Connection::Receive() {
 absl::StatusOr<bool> Connection::ReceiveInto(
     Message* msg, std::optional<absl::Time> deadline_override) {
   if (!receive_error_.ok()) return receive_error_;
+  // Waits in blocking mode, and in non-blocking mode when given a deadline.
+  const bool wait = !options_.nonblocking || deadline_override.has_value();
   absl::Time deadline = absl::InfinitePast();  // non-blocking: never wait
-  if (!options_.nonblocking) {
-    if (deadline_override.has_value()) {
-      deadline = *deadline_override;
-    } else if (options_.receive_timeout == absl::InfiniteDuration()) {
+  if (deadline_override.has_value()) {
+    deadline = *deadline_override;
+  } else if (!options_.nonblocking) {
+    if (options_.receive_timeout == absl::InfiniteDuration()) {
       deadline = absl::InfiniteFuture();  // spares a clock read
     } else {
       deadline = absl::Now() + options_.receive_timeout;
@@ -285,14 +288,13 @@ absl::StatusOr<bool> Connection::ReceiveInto(
     }
     if (*ready) return true;
 
-    if (!options_.nonblocking) {
+    if (wait) {
       absl::Status prepared = PrepareBlockingReceive(deadline);
       if (!prepared.ok()) return prepared;  // not final: bytes are kept
     }
     uint64_t stream_offset = 0;
     const absl::Span<uint8_t> window = NextReadWindow(&stream_offset);
-    const ssize_t n =
-        ReceiveOnce(window, stream_offset, /*dont_wait=*/options_.nonblocking);
+    const ssize_t n = ReceiveOnce(window, stream_offset, /*dont_wait=*/!wait);
     if (n > 0) {
       last_read_short_ = static_cast<size_t>(n) < window.size();
       if (in_large_.has_value()) {
@@ -305,7 +307,7 @@ absl::StatusOr<bool> Connection::ReceiveInto(
     const int err = n == 0 ? 0 : errno;
     if (n < 0 && IsWouldBlock(err)) {
       last_read_short_ = true;
-      if (options_.nonblocking) return false;
+      if (!wait) return false;
       // A timeout slice passed (or the fd was made non-blocking behind our
       // back): wait with poll, which honors the deadline exactly.
       absl::Status waited = WaitForSocket(POLLIN, deadline, "receive");
@@ -357,15 +359,19 @@ bool Connection::InputDrained() const {
   if (!options_.nonblocking || !receive_error_.ok() || !last_read_short_) {
     return false;
   }
+  return !HasBufferedMessage();
+}
+
+bool Connection::HasBufferedMessage() const {
   if (in_large_.has_value()) {
-    return in_large_filled_ < in_large_->payload.size();
+    return in_large_filled_ == in_large_->payload.size();
   }
   const size_t buffered = in_end_ - in_start_;
-  if (buffered < kHeaderSize) return true;
+  if (buffered < kHeaderSize) return false;
   uint32_t msg_size = 0;
-  std::memcpy(&msg_size, in_buf_.data() + in_start_ + 4, sizeof(msg_size));
+  std::memcpy(&msg_size, in_buf_.get() + in_start_ + 4, sizeof(msg_size));
   // A bad msg_size (< 16) reads as "complete": Receive() reports it.
-  return buffered < msg_size;
+  return buffered >= msg_size;
 }
 
 absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
@@ -382,7 +388,7 @@ absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
 
   const size_t buffered = in_end_ - in_start_;
   if (buffered < kHeaderSize) return false;
-  const absl::Span<const uint8_t> bytes(in_buf_.data() + in_start_, buffered);
+  const absl::Span<const uint8_t> bytes(in_buf_.get() + in_start_, buffered);
   absl::StatusOr<Header> header =
       DecodeHeader(bytes.first(kHeaderSize), options_.max_msg_size);
   if (!header.ok()) {
@@ -392,7 +398,7 @@ absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
   const uint64_t msg_offset = in_buf_offset_ + in_start_;
   const size_t msg_size = header->msg_size;
 
-  if (msg_size > in_buf_.size()) {
+  if (msg_size > in_buf_size_) {
     // Larger than the read-ahead buffer: the rest of it is received straight
     // into its payload. What is buffered is all its own (buffered <= buffer
     // size < msg_size). The payload is the caller's vector: a caller that
@@ -439,18 +445,23 @@ absl::Span<uint8_t> Connection::NextReadWindow(uint64_t* stream_offset) {
     *stream_offset = in_large_offset_ + kHeaderSize + in_large_filled_;
     return absl::MakeSpan(in_large_->payload).subspan(in_large_filled_);
   }
-  if (in_buf_.empty()) in_buf_.resize(kReadAheadBytes);
+  if (in_buf_ == nullptr) {
+    // Not value-initialized: pages the socket never writes into stay
+    // untouched (an idle connection costs no resident read-ahead memory).
+    in_buf_.reset(new uint8_t[kReadAheadBytes]);
+    in_buf_size_ = kReadAheadBytes;
+  }
   if (in_start_ > 0) {
     // Only part of one message is left (a whole one would have been taken):
     // move it to the front so the window is as large as possible.
     const size_t left = in_end_ - in_start_;
-    std::memmove(in_buf_.data(), in_buf_.data() + in_start_, left);
+    std::memmove(in_buf_.get(), in_buf_.get() + in_start_, left);
     in_buf_offset_ += in_start_;
     in_start_ = 0;
     in_end_ = left;
   }
   *stream_offset = in_buf_offset_ + in_end_;
-  return absl::MakeSpan(in_buf_).subspan(in_end_);
+  return absl::MakeSpan(in_buf_.get(), in_buf_size_).subspan(in_end_);
 }
 
 ssize_t Connection::ReceiveOnce(absl::Span<uint8_t> window,
@@ -535,21 +546,31 @@ absl::Status Connection::SendParts(const Header& header,
                                    absl::Span<const uint8_t> part1,
                                    absl::Span<const uint8_t> part2,
                                    absl::Span<const int> fds) {
-  return SendPartsImpl(header, part1, part2, fds, /*reference_part2=*/false);
+  return SendPartsImpl(header, part1, part2, fds, /*reference_part2=*/false,
+                       std::nullopt);
 }
 
 absl::Status Connection::SendPartsReferencing(const Header& header,
                                               absl::Span<const uint8_t> part1,
                                               absl::Span<const uint8_t> part2) {
   return SendPartsImpl(header, part1, part2, {},
-                       /*reference_part2=*/!part2.empty());
+                       /*reference_part2=*/!part2.empty(), std::nullopt);
+}
+
+absl::Status Connection::SendPartsWaiting(const Header& header,
+                                          absl::Span<const uint8_t> part1,
+                                          absl::Span<const uint8_t> part2,
+                                          absl::Time deadline) {
+  return SendPartsImpl(header, part1, part2, {}, /*reference_part2=*/false,
+                       deadline);
 }
 
 absl::Status Connection::SendPartsImpl(const Header& header,
                                        absl::Span<const uint8_t> part1,
                                        absl::Span<const uint8_t> part2,
                                        absl::Span<const int> fds,
-                                       bool reference_part2) {
+                                       bool reference_part2,
+                                       std::optional<absl::Time> wait_until) {
   if (!send_error_.ok()) return send_error_;
   if (fds.size() > options_.max_fds_out) {
     return ErrnoError(EINVAL,
@@ -581,19 +602,26 @@ absl::Status Connection::SendPartsImpl(const Header& header,
     }
     // Blocking mode waits inside sendmsg() (one syscall even for a message
     // larger than the socket buffer), bounded by SO_SNDTIMEO.
-    std::optional<absl::Time> deadline;
+    std::optional<absl::Time> deadline = wait_until;
     bool wait = false;
-    if (!options_.nonblocking) {
-      deadline = options_.send_timeout == absl::InfiniteDuration()
-                     ? absl::InfiniteFuture()
-                     : absl::Now() + options_.send_timeout;
-      wait = PrepareBlockingWait(SO_SNDTIMEO, *deadline, &send_slice_).ok();
+    if (!options_.nonblocking || wait_until.has_value()) {
+      if (!deadline.has_value() && options_.send_timeout < kReceiveSlice) {
+        deadline = absl::Now() + options_.send_timeout;
+      }
+      // With no deadline yet, a whole slice fits before it: no clock read
+      // on this path (the deadline starts at the first wait that times out,
+      // so a stuck send may take up to one slice longer than send_timeout).
+      wait = PrepareBlockingWait(SO_SNDTIMEO,
+                                 deadline.value_or(absl::InfiniteFuture()),
+                                 &send_slice_)
+                 .ok();
     }
     const ssize_t n = SendOnce(iov, count, {}, wait);
     if (n == static_cast<ssize_t>(total)) return absl::OkStatus();
     OutputCursor out(header_bytes, part1, part2);
     if (n > 0) out.Advance(static_cast<size_t>(n));
-    return SendNow(out, fds, deadline, reference_part2);
+    return SendNow(out, fds, deadline, reference_part2,
+                   wait_until.has_value());
   }
   OutputCursor out(header_bytes, part1, part2);
 
@@ -608,7 +636,7 @@ absl::Status Connection::SendPartsImpl(const Header& header,
 
 absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds,
                                  std::optional<absl::Time> deadline,
-                                 bool reference_last) {
+                                 bool reference_last, bool wait) {
   // Blocking mode: without a deadline from the caller it starts at the
   // first wait (the common case, a socket with room, reads no clock).
   while (!out.done()) {
@@ -622,7 +650,9 @@ absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds,
     }
     const int err = n < 0 ? errno : EAGAIN;  // 0 bytes: no room after all
     if (IsWouldBlock(err)) {
-      if (options_.nonblocking) return Enqueue(out, attach, reference_last);
+      if (options_.nonblocking && !wait) {
+        return Enqueue(out, attach, reference_last);
+      }
       if (!deadline.has_value()) deadline = absl::Now() + options_.send_timeout;
       absl::Status waited = WaitForSocket(POLLOUT, *deadline, "send");
       if (!waited.ok()) return FailSend(std::move(waited), out.sent_any());

@@ -5,21 +5,27 @@
 // fds on that same call, so they travel with the header as peers expect);
 // short writes and EINTR are retried; never more fds than the peer's
 // max_msg_fds. A non-blocking Connection queues what the socket does not take
-// and reports it through HasPendingOutput()/FlushPending() (the owner waits
-// for POLLOUT); a blocking one polls for writability up to send_timeout.
+// (copied, or referenced with SendPartsReferencing) and reports it through
+// HasPendingOutput()/FlushPending() (the owner waits for POLLOUT); a blocking
+// one waits for room inside sendmsg() (SO_SNDTIMEO), then polls, up to
+// send_timeout.
 //
-// Syscalls per message on the hot paths: a send is one sendmsg(); a blocking
-// receive is one recvmsg() that waits for the data itself (SO_RCVTIMEO bounds
-// the wait, poll() is used only after a timeout slice or a spurious EAGAIN);
-// a non-blocking receiver that checks InputDrained() needs no recvmsg() that
-// finds nothing.
+// Syscalls per message on the hot paths: a send is one sendmsg(), even for a
+// message larger than the socket buffer in blocking mode; a blocking receive
+// is one recvmsg() that waits for the data itself (SO_RCVTIMEO bounds the
+// wait; poll() is used only after a timeout slice or a spurious EAGAIN); a
+// non-blocking receiver that checks InputDrained() needs no recvmsg() that
+// finds nothing. A receiver that reuses its Message (ReceiveInto) allocates
+// nothing per message, large ones included.
 //
 // Receiving: whole messages, whatever their size: the reader buffers, loops
 // until msg_size bytes arrived, receives fds with MSG_CMSG_CLOEXEC, and marks
 // Message::fds_truncated when the peer sent more fds than max_fds_in (the
 // kernel drops the excess; the transport closes the rest). Small messages
-// are read ahead through a reusable 64 KiB buffer (a burst costs one
-// recvmsg); larger ones are received straight into their payload. Fds are
+// are read ahead through a reusable 64 KiB buffer, allocated at the first
+// read and never zero-filled (a burst costs one recvmsg; an idle connection
+// keeps no resident pages); larger ones are received straight into their
+// payload. Fds are
 // given to the message holding the last byte of the recvmsg that brought
 // them: Linux ends a stream read right after the skb carrying fds, and peers
 // attach fds to the sendmsg that starts a message (as this class does).
@@ -38,6 +44,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -73,10 +80,11 @@ struct TransportOptions {
 class Connection {
  public:
   // Takes ownership of a connected AF_UNIX SOCK_STREAM socket. Non-blocking
-  // mode sets O_NONBLOCK on it; blocking mode clears it, so that a receive
-  // can wait inside recvmsg() (bounded by SO_RCVTIMEO), while sends and
-  // timed waits still never block past their deadline (MSG_DONTWAIT and
-  // poll). `os` must outlive the Connection; nullptr = default.
+  // mode never waits in a syscall (every call passes MSG_DONTWAIT) and
+  // leaves the fd's flags alone; blocking mode clears O_NONBLOCK, so that a
+  // receive or send can wait inside recvmsg()/sendmsg() (bounded by
+  // SO_RCVTIMEO/SO_SNDTIMEO, so never past its deadline). `os` must outlive
+  // the Connection; nullptr = default.
   explicit Connection(UniqueFd socket, TransportOptions options = {},
                       Os* os = nullptr);
   ~Connection();
@@ -112,6 +120,16 @@ class Connection {
   absl::Status SendPartsReferencing(const Header& header,
                                     absl::Span<const uint8_t> part1,
                                     absl::Span<const uint8_t> part2);
+  // SendParts() without fds that, in non-blocking mode too, waits (up to
+  // `deadline`) until the whole message is in the socket instead of queueing
+  // what does not fit: for a helper thread that owns the socket for a moment
+  // (server/dma_channel.h). REQUIRES: nothing is queued (HasPendingOutput()
+  // is false). ETIMEDOUT when the peer does not read in time (the stream is
+  // then broken if part of the message went out).
+  absl::Status SendPartsWaiting(const Header& header,
+                                absl::Span<const uint8_t> part1,
+                                absl::Span<const uint8_t> part2,
+                                absl::Time deadline);
 
   // Blocking mode: waits (up to receive_timeout) for one whole message.
   // Non-blocking mode: returns std::nullopt if no whole message is buffered
@@ -127,7 +145,10 @@ class Connection {
   // hot path of a receiver that handles one message at a time. Returns true
   // when a message was stored, false where Receive() returns std::nullopt
   // (*msg is then unspecified). In blocking mode `deadline`, if given,
-  // replaces now + receive_timeout. Same errors as Receive().
+  // replaces now + receive_timeout. In non-blocking mode a `deadline` makes
+  // this one call wait for a whole message up to it (a helper thread
+  // reading a reply synchronously): one recvmsg() if the fd itself is
+  // blocking, poll() + recvmsg() otherwise. Same errors as Receive().
   absl::StatusOr<bool> ReceiveInto(
       Message* msg, std::optional<absl::Time> deadline = std::nullopt);
 
@@ -138,6 +159,10 @@ class Connection {
   // that finds nothing. False whenever a Receive() could still return
   // something without new readiness (or report an error).
   bool InputDrained() const;
+
+  // True if a whole message (or the framing error of the next header) is
+  // already buffered: Receive() returns it without a syscall.
+  bool HasBufferedMessage() const;
 
   // Non-blocking output queue.
   bool HasPendingOutput() const;
@@ -204,19 +229,22 @@ class Connection {
   // ---- Sending (sending thread only) ----
   // Sends what `out` has left; blocking mode waits up to `deadline` (or
   // send_timeout from the first wait, when not given).
-  // `reference_last`: as for Enqueue.
+  // `reference_last`: as for Enqueue. `wait`: wait for room (up to the
+  // deadline) instead of queueing, even in non-blocking mode.
   absl::Status SendNow(OutputCursor& out, absl::Span<const int> fds,
                        std::optional<absl::Time> deadline = std::nullopt,
-                       bool reference_last = false);
+                       bool reference_last = false, bool wait = false);
   // One sendmsg (EINTR retried) of `iov`, with `fds` as SCM_RIGHTS; waits
   // for room inside the call only if `wait` (see PrepareBlockingWait).
   ssize_t SendOnce(const struct iovec* iov, size_t iov_count,
                    absl::Span<const int> fds, bool wait);
-  // SendParts() and SendPartsReferencing().
+  // SendParts(), SendPartsReferencing() and SendPartsWaiting() (which
+  // passes a `wait_until`: wait as in blocking mode, whatever the mode).
   absl::Status SendPartsImpl(const Header& header,
                              absl::Span<const uint8_t> part1,
                              absl::Span<const uint8_t> part2,
-                             absl::Span<const int> fds, bool reference_part2);
+                             absl::Span<const int> fds, bool reference_part2,
+                             std::optional<absl::Time> wait_until);
   // Copies what `out` has left (and dups `fds`) onto the output queue; with
   // `reference_last`, the unsent rest of the last piece is queued by
   // reference (out_borrowed_).
@@ -241,7 +269,8 @@ class Connection {
   // Receive state. Small messages are assembled in a reusable read-ahead
   // buffer (one recvmsg usually brings several); a message larger than the
   // buffer is received straight into its own payload (no second copy).
-  std::vector<uint8_t> in_buf_;
+  std::unique_ptr<uint8_t[]> in_buf_;  // allocated at the first read
+  size_t in_buf_size_ = 0;
   size_t in_start_ = 0;  // first unconsumed byte in in_buf_
   size_t in_end_ = 0;    // one past the last received byte
   uint64_t in_buf_offset_ = 0;    // stream offset of in_buf_[0]

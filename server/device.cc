@@ -11,6 +11,7 @@
 #include "absl/synchronization/notification.h"
 #include "core/errno_status.h"
 #include "core/log.h"
+#include "server/dma_channel.h"
 #include "server/event_loop.h"
 #include "server/session.h"
 
@@ -420,7 +421,13 @@ void Device::PendingMessageDma::Finish(absl::Status status) {
   done.Notify();
 }
 
+void Device::SetDmaChannel(std::shared_ptr<DmaChannel> channel) {
+  absl::MutexLock lock(&pending_dma_mu_);
+  dma_channel_ = std::move(channel);
+}
+
 void Device::Detach() {
+  SetDmaChannel(nullptr);
   if (session_ == nullptr) return;
   session_ = nullptr;
   {
@@ -481,6 +488,18 @@ absl::Status Device::DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool wri
   if (loop_->IsLoopThread()) {
     return ErrnoError(EDEADLK,
                       "DMA to memory mapped without an fd needs a worker thread");
+  }
+  // With a twin socket this thread does the round trips itself: no hand-off
+  // to the loop and back (server/dma_channel.h). It declines while the
+  // loop's own requests use the socket; then the loop path below queues.
+  std::shared_ptr<DmaChannel> channel;
+  {
+    absl::MutexLock lock(&pending_dma_mu_);
+    channel = dma_channel_;
+  }
+  if (channel != nullptr) {
+    std::optional<absl::Status> done = channel->Access(iova, buf, len, write);
+    if (done.has_value()) return *std::move(done);
   }
   // Round trip through the client: the loop thread sends DMA_READ/WRITE and
   // this thread waits. The shared state outlives a timed-out wait. It is

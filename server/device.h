@@ -49,6 +49,7 @@
 namespace vfio_user {
 
 class EventLoop;
+class DmaChannel;
 class Session;
 
 // Callbacks for accesses the device traps (not served from memory).
@@ -196,6 +197,9 @@ class Device {
   void Attach(Session* session);
   void Detach();
   Session* session() const { return session_; }
+  // The attached session's twin-socket DMA channel (null: none), through
+  // which worker threads do DMA by message themselves. Any thread.
+  void SetDmaChannel(std::shared_ptr<DmaChannel> channel);
 
  private:
   // A worker thread waiting for a DMA_READ/DMA_WRITE round trip.
@@ -247,6 +251,7 @@ class Device {
   absl::Mutex pending_dma_mu_;
   absl::flat_hash_set<std::shared_ptr<PendingMessageDma>> pending_message_dma_
       ABSL_GUARDED_BY(pending_dma_mu_);
+  std::shared_ptr<DmaChannel> dma_channel_ ABSL_GUARDED_BY(pending_dma_mu_);
 };
 
 }  // namespace vfio_user

@@ -98,6 +98,12 @@ void Session::Close(const absl::Status& why) {
   closed_ = true;
   loop_->UnwatchFd(conn_->fd());
   if (twin_) loop_->UnwatchFd(twin_->fd());
+  twin_owned_ = false;
+  if (dma_channel_) {
+    // No new device-thread accesses; the Shutdown below ends a running one.
+    dma_channel_->Close();
+    device_->SetDmaChannel(nullptr);
+  }
   conn_->Shutdown();
   if (twin_) twin_->Shutdown();
   FailPendingDma(ErrnoError(ECONNRESET, "client disconnected"));
@@ -373,13 +379,28 @@ absl::StatusOr<Session::Reply> Session::HandleVersion(Message& msg) {
   reply.payload = EncodeVersion(negotiation->reply);
   if (negotiation->twin_local) {
     TransportOptions topts = conn_->options();
-    twin_ = std::make_unique<Connection>(std::move(negotiation->twin_local), topts,
+    twin_ = std::make_shared<Connection>(std::move(negotiation->twin_local), topts,
                                          options_.os);
     twin_->set_max_fds_in(0);
-    Connection* twin = twin_.get();
-    absl::Status st = loop_->WatchFd(twin->fd(), EPOLLIN | EPOLLRDHUP,
-                                     [this, twin](uint32_t ev) { OnSocketEvent(twin, ev); });
-    if (!st.ok()) return st;
+    DmaChannel::Options channel_options;
+    channel_options.layout = dma_layout_;
+    channel_options.max_chunk = peer_caps_.max_data_xfer_size;
+    channel_options.timeout = options_.dma_timeout;
+    // Both callbacks come from device threads: hop to the loop, where the
+    // session may already be gone.
+    EventLoop* loop = loop_;
+    dma_channel_ = std::make_shared<DmaChannel>(
+        twin_, channel_options, device_,
+        [loop, alive = alive_, this](const absl::Status& why) {
+          loop->Post([alive, this, why] {
+            if (*alive) Close(why);
+          });
+        },
+        [loop, alive = alive_, this] {
+          loop->Post([alive, this] {
+            if (*alive) ResumeDeferredDma();
+          });
+        });
     reply.owned_fd = std::move(negotiation->twin_remote);
   }
   negotiated_ = true;
@@ -390,6 +411,7 @@ absl::StatusOr<Session::Reply> Session::HandleVersion(Message& msg) {
        {"version", absl::StrCat(request->major, ".", negotiation->minor)},
        {"twin_socket", twin_ ? "yes" : "no"}});
   device_->Attach(this);
+  if (dma_channel_) device_->SetDmaChannel(dma_channel_);
   if (on_attached_) on_attached_(peer_);
   return reply;
 }
@@ -590,10 +612,19 @@ void Session::StartDmaChunk(std::shared_ptr<PendingDma> op) {
     op->done(absl::OkStatus());
     return;
   }
+  if (twin_ && !TakeTwinForLoop()) {
+    deferred_dma_.push_back(std::move(op));  // a device thread has it now
+    return;
+  }
   const uint64_t max_chunk = std::max<uint64_t>(1, peer_caps_.max_data_xfer_size);
   op->chunk = static_cast<size_t>(std::min<uint64_t>(op->len - op->done_bytes, max_chunk));
-  uint16_t id = next_dma_msg_id_++;
-  while (pending_dma_.contains(id)) id = next_dma_msg_id_++;
+  // Ids come from the channel when there is one: device threads number
+  // their requests on the same socket.
+  const auto next_id = [this] {
+    return dma_channel_ ? dma_channel_->NextMsgId() : next_dma_msg_id_++;
+  };
+  uint16_t id = next_id();
+  while (pending_dma_.contains(id)) id = next_id();
   const uint64_t address = op->iova + op->done_bytes;
   Header h;
   h.msg_id = id;
@@ -636,6 +667,50 @@ void Session::FailPendingDma(const absl::Status& why) {
   for (auto& [id, op] : pending) {
     loop_->CancelTimer(op->timer);
     op->done(why);
+  }
+  std::vector<std::shared_ptr<PendingDma>> deferred = std::move(deferred_dma_);
+  deferred_dma_.clear();
+  for (const std::shared_ptr<PendingDma>& op : deferred) op->done(why);
+}
+
+bool Session::TakeTwinForLoop() {
+  if (twin_owned_) return true;
+  if (!dma_channel_->TryAcquireForLoop()) return false;
+  Connection* twin = twin_.get();
+  absl::Status st = loop_->WatchFd(twin->fd(), EPOLLIN | EPOLLRDHUP,
+                                   [this, twin](uint32_t ev) {
+                                     OnSocketEvent(twin, ev);
+                                     ReleaseTwinIfIdle();
+                                   });
+  if (!st.ok()) {
+    dma_channel_->ReleaseFromLoop();
+    Close(st);
+    return false;
+  }
+  twin_owned_ = true;
+  return true;
+}
+
+void Session::ReleaseTwinIfIdle() {
+  // Every pending request is on the twin socket when there is one.
+  if (closed_ || !twin_owned_ || !pending_dma_.empty() ||
+      !deferred_dma_.empty() || twin_->HasPendingOutput()) {
+    return;
+  }
+  loop_->UnwatchFd(twin_->fd());
+  twin_owned_ = false;
+  dma_channel_->ReleaseFromLoop();
+}
+
+void Session::ResumeDeferredDma() {
+  std::vector<std::shared_ptr<PendingDma>> deferred = std::move(deferred_dma_);
+  deferred_dma_.clear();
+  for (std::shared_ptr<PendingDma>& op : deferred) {
+    if (closed_) {
+      op->done(ErrnoError(ECONNRESET, "client disconnected"));
+    } else {
+      StartDmaChunk(std::move(op));
+    }
   }
 }
 

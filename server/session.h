@@ -38,6 +38,7 @@
 #include "core/transport.h"
 #include "core/version.h"
 #include "server/device.h"
+#include "server/dma_channel.h"
 #include "server/event_loop.h"
 
 namespace vfio_user {
@@ -142,6 +143,12 @@ class Session {
                         bool reference_part2 = false);
   void UpdateInterest(Connection* conn);
   void StartDmaChunk(std::shared_ptr<PendingDma> op);
+  // Takes the twin socket for the loop's requests (watching it); false if
+  // a device thread is using it (the request is deferred until it is done).
+  bool TakeTwinForLoop();
+  // Gives the twin socket back once the loop has nothing in flight on it.
+  void ReleaseTwinIfIdle();
+  void ResumeDeferredDma();
   void FailPendingDma(const absl::Status& why);
   Connection* dma_connection();
   DecodeLimits limits() const;
@@ -152,7 +159,13 @@ class Session {
   CloseCallback on_close_;
   std::function<void(const PeerCredentials&)> on_attached_;
   std::unique_ptr<Connection> conn_;
-  std::unique_ptr<Connection> twin_;  // server->client requests, if negotiated
+  std::shared_ptr<Connection> twin_;  // server->client requests, if negotiated
+  // With a twin socket: device threads do their DMA round trips on it
+  // themselves (server/dma_channel.h); the loop takes it only while its own
+  // requests (DmaReadByMessage) are in flight, and watches it only then.
+  std::shared_ptr<DmaChannel> dma_channel_;
+  bool twin_owned_ = false;  // the loop holds the twin socket (and watches it)
+  std::vector<std::shared_ptr<PendingDma>> deferred_dma_;  // waiting for it
   PeerCredentials peer_;
   bool negotiated_ = false;
   bool closed_ = false;

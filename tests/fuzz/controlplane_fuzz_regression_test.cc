@@ -20,7 +20,9 @@ TEST(ControlplaneFuzzRegression, SeedsAndRegressionsRun) {
     const ControlplaneRunStats stats =
         RunControlplaneFuzzInput(input.bytes.data(), input.bytes.size());
     EXPECT_GT(stats.calls, 0);
-    if (input.name.rfind("lifecycle-", 0) == 0) EXPECT_GE(stats.succeeded, 4);
+    if (input.name.rfind("lifecycle-", 0) == 0) {
+      EXPECT_GE(stats.succeeded, 4);
+    }
     ++seeds;
   }
   EXPECT_GE(seeds, 5);

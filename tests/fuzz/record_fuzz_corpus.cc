@@ -467,6 +467,25 @@ std::vector<std::pair<std::string, Bytes>> SyntheticSessionSeeds() {
     s.HalfClose();
     seeds.emplace_back("synthetic-slow-client", s.bytes());
   }
+  {  // A client that stops reading with commands still buffered in the
+     // server, then reads again: every command must be answered (the
+     // session once forgot commands it had read ahead before its output
+     // backed up).
+    // One burst of 1500 commands (read ahead at once), replies unread until
+    // the output backs up.
+    SessionScript s = Attached(0);
+    Bytes burst;
+    for (uint16_t i = 0; i < 1500; ++i) {
+      Message m = MakeCommand(static_cast<uint16_t>(0x100 + i), Command::kRegionRead,
+                              EncodeRegionAccessHeader(0, kPciConfigRegionIndex, 256));
+      Bytes header(kHeaderSize);
+      EncodeHeader(m.header, header.data());
+      burst.insert(burst.end(), header.begin(), header.end());
+      burst.insert(burst.end(), m.payload.begin(), m.payload.end());
+    }
+    s.Raw(0, burst);
+    seeds.emplace_back("synthetic-slow-client-read-ahead", s.bytes());
+  }
   {  // Device-side activity with interrupts wired.
     SessionScript s = Attached(0);
     s.DeviceEvent(2, 0xffff).DeviceEvent(1, 1).DeviceEvent(0, 0).DeviceEvent(3, 0);

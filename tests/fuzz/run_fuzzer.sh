@@ -46,15 +46,21 @@ absl_modules=(absl_status absl_statusor absl_strings absl_str_format
   absl_synchronization absl_time absl_flat_hash_map absl_flat_hash_set
   absl_random_random)
 core_wire=(core/codec.cc core/errno_status.cc core/protocol.cc core/wire_buffer.cc)
-core_all=("${core_wire[@]}" core/log.cc core/message.cc core/os.cc
-  core/request_tracker.cc core/transport.cc core/version.cc)
-server_all=(server/device.cc server/device_server.cc server/dma_table.cc
-  server/mapped_memory_guard.cc server/event_loop.cc server/irq_controller.cc
-  server/session.cc
-  server/session_migration.cc server/pci/config_space.cc server/pci/msix.cc
-  server/devices/idio16.cc server/devices/dma_engine_device.cc)
-client_all=(client/client.cc client/dma_space.cc client/guest_memory.cc
-  client/irq_journal.cc client/irq_waiter.cc client/region_mapping.cc)
+# Every library source of a package (tests, mains and test helpers left
+# out), so the list follows the BUILD files without being repeated here.
+sources_of() {
+  local dir="$1" f base
+  for f in "${root}/${dir}"/*.cc; do
+    base="$(basename "${f}")"
+    case "${base}" in
+      *_test.cc | *_main.cc | *test_util*.cc | fake_server.cc) continue ;;
+    esac
+    echo "${dir}/${base}"
+  done
+}
+mapfile -t core_all < <(sources_of core)
+mapfile -t server_all < <(sources_of server; sources_of server/pci; sources_of server/devices)
+mapfile -t client_all < <(sources_of client)
 
 max_len=4096
 libs=("${absl_modules[@]}")
@@ -103,12 +109,7 @@ case "${target}" in
     generated=()
     for p in "${protos[@]}"; do generated+=("${gen}/${p%.proto}.pb.cc"); done
     generated+=("${gen}/proto/vfio_user/v1/device_service.grpc.pb.cc")
-    controlplane_all=()
-    for f in defaults device_host device_manager device_service device_types event_hub \
-      framed_channel inprocess_runner process runner socket_path spec state_store \
-      worker_runner; do
-      controlplane_all+=("controlplane/${f}.cc")
-    done
+    mapfile -t controlplane_all < <(sources_of controlplane)
     sources=("${generated[@]}" "${core_all[@]}" "${server_all[@]}" "${controlplane_all[@]}"
       tests/fuzz/controlplane_fuzz_harness.cc tests/fuzz/controlplane_fuzzer.cc)
     libs+=(grpc++ protobuf)

@@ -47,6 +47,15 @@ void Check(bool condition, const char* what) {
   }
 }
 
+// VFU_FUZZ_TRACE=1 prints what the client sends and gets (to debug a finding).
+bool Tracing() {
+  static const bool on = [] {
+    const char* v = std::getenv("VFU_FUZZ_TRACE");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
+
 int CountOpenFds() {
   DIR* dir = ::opendir("/proc/self/fd");
   if (dir == nullptr) return -1;
@@ -114,7 +123,8 @@ class SessionFuzzRun {
   // Sends `bytes` (and `fds` with the first piece) on `fd`, in chunk_-sized
   // pieces with the server running in between. Gives up when the server
   // stops reading (its backpressure) or the connection is gone.
-  void SendBytes(int fd, ByteSpan bytes, const std::vector<UniqueFd>& fds);
+  // Returns whether everything went out.
+  bool SendBytes(int fd, ByteSpan bytes, const std::vector<UniqueFd>& fds);
   std::vector<UniqueFd> MakeFds(uint8_t spec);
   UniqueFd MakeFd(FdKind kind);
   Bytes Frame(uint16_t cmd, uint8_t flags, ByteSpan payload);
@@ -131,6 +141,11 @@ class SessionFuzzRun {
   void OpDeviceEvent(Reader& in);
   void OpSecondClient(Reader& in);
   void OpClientMischief(Reader& in);
+
+  // Liveness: on a connection still open and in step (every sent message
+  // whole), a well-formed command must get its reply. A server that neither
+  // answers nor closes has stalled the client.
+  void ProbeLiveness();
 
   void Teardown();
 
@@ -152,6 +167,13 @@ class SessionFuzzRun {
   size_t chunk_ = 0;
   uint16_t next_msg_id_ = 1;
   std::deque<ServerRequest> server_requests_;
+  bool aligned_ = true;            // every byte sent on the main socket was a whole message
+  bool half_closed_ = false;
+  std::optional<uint16_t> probe_id_;
+  bool probe_answered_ = false;
+  // The last whole command sent on the main socket that expects a reply.
+  std::optional<uint16_t> last_command_id_;
+  bool last_command_answered_ = false;
 
   std::vector<UniqueFd> kept_memfds_;
   std::vector<UniqueFd> kept_pipe_writers_;
@@ -285,7 +307,7 @@ Bytes SessionFuzzRun::Frame(uint16_t cmd, uint8_t flags, ByteSpan payload) {
   return bytes;
 }
 
-void SessionFuzzRun::SendBytes(int fd, ByteSpan bytes,
+bool SessionFuzzRun::SendBytes(int fd, ByteSpan bytes,
                                const std::vector<UniqueFd>& fds) {
   size_t offset = 0;
   bool fds_pending = !fds.empty();
@@ -321,13 +343,14 @@ void SessionFuzzRun::SendBytes(int fd, ByteSpan bytes,
         Pump();
         continue;
       }
-      return;  // the server does not read (backpressure) or is gone
+      return false;  // the server does not read (backpressure) or is gone
     }
     stalls = 0;
     fds_pending = false;
     offset += static_cast<size_t>(sent);
     if (chunk_ != 0 || n == 0) Pump();
   }
+  return true;
 }
 
 bool SessionFuzzRun::DrainConnection(Connection* conn, bool twin) {
@@ -345,7 +368,16 @@ bool SessionFuzzRun::DrainConnection(Connection* conn, bool twin) {
     any = true;
     Message& msg = **got;
     ++stats_.messages_from_server;
+    if (Tracing()) {
+      std::fprintf(stderr, "trace: got%s id=%u cmd=%u flags=0x%x error=%u len=%zu fds=%zu\n",
+                   twin ? " (twin)" : "", msg.header.msg_id, msg.header.cmd,
+                   msg.header.flags, msg.header.error, msg.payload.size(), msg.fds.size());
+    }
     if (msg.header.is_reply()) {
+      if (!twin && probe_id_ && msg.header.msg_id == *probe_id_) probe_answered_ = true;
+      if (!twin && last_command_id_ && msg.header.msg_id == *last_command_id_) {
+        last_command_answered_ = true;
+      }
       if (msg.header.is_error()) ++stats_.error_replies;
       if (msg.header.cmd == static_cast<uint16_t>(Command::kVersion) &&
           !msg.header.is_error()) {
@@ -384,10 +416,22 @@ void SessionFuzzRun::OpMessage(Reader& in, bool twin) {
   const ByteSpan payload = in.Blob();
   Connection* conn = twin ? twin_.get() : client_.get();
   if (conn == nullptr) return;
+  const uint16_t id = next_msg_id_;
   const Bytes bytes = Frame(cmd, flags, payload);
   std::vector<UniqueFd> fds;
   if (!twin) fds = MakeFds(fd_spec);
-  SendBytes(conn->fd(), ByteSpan(bytes), fds);
+  // Tracked before sending: with chunking the reply can arrive meanwhile.
+  if (!twin && (flags & kFlagsTypeMask) == kFlagsTypeCommand && !(flags & kFlagsNoReply)) {
+    last_command_id_ = id;
+    last_command_answered_ = false;
+  }
+  const bool whole = SendBytes(conn->fd(), ByteSpan(bytes), fds);
+  if (Tracing()) {
+    std::fprintf(stderr, "trace: sent%s id=%u cmd=%u flags=0x%x len=%zu fds=%zu%s\n",
+                 twin ? " (twin)" : "", id, cmd, flags, payload.size(), fds.size(),
+                 whole ? "" : " (incomplete)");
+  }
+  if (!twin && !whole) aligned_ = false;
   Pump();
 }
 
@@ -395,7 +439,26 @@ void SessionFuzzRun::OpRaw(Reader& in) {
   const uint8_t fd_spec = in.U8();
   const ByteSpan bytes = in.Blob();
   if (client_ == nullptr) return;
-  SendBytes(client_->fd(), bytes, MakeFds(fd_spec));
+  // Raw bytes keep the stream in step only if they are whole messages; the
+  // last one is then the command whose answer proves the rest were served.
+  std::optional<Header> last;
+  size_t pos = 0;
+  while (pos + kHeaderSize <= bytes.size()) {
+    Header h;
+    std::memcpy(&h.msg_id, bytes.data() + pos, 2);
+    std::memcpy(&h.cmd, bytes.data() + pos + 2, 2);
+    std::memcpy(&h.msg_size, bytes.data() + pos + 4, 4);
+    std::memcpy(&h.flags, bytes.data() + pos + 8, 4);
+    if (h.msg_size < kHeaderSize || h.msg_size > bytes.size() - pos) break;
+    pos += h.msg_size;
+    last = h;
+  }
+  if (pos == bytes.size() && last && last->is_command() && !last->no_reply()) {
+    last_command_id_ = last->msg_id;  // before sending: see OpMessage
+    last_command_answered_ = false;
+  }
+  const bool sent = SendBytes(client_->fd(), bytes, MakeFds(fd_spec));
+  if (!sent || pos != bytes.size()) aligned_ = false;
   Pump();
 }
 
@@ -437,7 +500,7 @@ void SessionFuzzRun::OpReplyToServer(Reader& in) {
   Bytes out(kHeaderSize);
   EncodeHeader(h, out.data());
   out.insert(out.end(), payload.begin(), payload.end());
-  SendBytes(conn->fd(), ByteSpan(out), {});
+  if (!SendBytes(conn->fd(), ByteSpan(out), {}) && !req.on_twin) aligned_ = false;
   Pump();
 }
 
@@ -544,11 +607,15 @@ void SessionFuzzRun::Execute(Reader& in) {
         break;
       case SessionOp::kHalfClose:
         if (client_ != nullptr) ::shutdown(client_->fd(), SHUT_WR);
+        half_closed_ = true;
         Pump();
         break;
       case SessionOp::kReconnect:
         CloseClient();
         if (!Connect()) return;
+        aligned_ = true;
+        half_closed_ = false;
+        last_command_id_.reset();
         break;
       case SessionOp::kSecondClient:
         OpSecondClient(in);
@@ -564,6 +631,35 @@ void SessionFuzzRun::Execute(Reader& in) {
         break;
     }
   }
+  ProbeLiveness();
+}
+
+void SessionFuzzRun::ProbeLiveness() {
+  stop_reading_ = false;
+  Pump();
+  if (client_ == nullptr || client_dead_ || half_closed_ || !aligned_) return;
+  // A well-behaved client answers what the server asked (a server may hold
+  // back later commands while its own request on the same socket waits;
+  // its timeout cannot expire here, no time passes).
+  for (int i = 0; i < 64 && !server_requests_.empty() && !client_dead_; ++i) {
+    const uint8_t answer[] = {/*mode: well formed*/ 2, 0, 0, 0, 0, 0, 0};
+    Reader well_formed(answer, sizeof(answer));
+    OpReplyToServer(well_formed);
+  }
+  if (client_dead_ || !aligned_) return;
+  // Commands are answered in order: the last one answered means all were.
+  // (Checked before sending anything new, which would wake a stuck session.)
+  Check(!last_command_id_ || last_command_answered_,
+        "a command sent earlier was neither answered nor was the connection closed");
+  DeviceInfo info;
+  probe_id_ = next_msg_id_;
+  probe_answered_ = false;
+  const Bytes probe =
+      Frame(static_cast<uint16_t>(Command::kDeviceGetInfo), 0, ByteSpan(EncodeDeviceInfo(info)));
+  if (!SendBytes(client_->fd(), ByteSpan(probe), {})) return;  // gone
+  for (int i = 0; i < 16 && !probe_answered_ && !client_dead_; ++i) Pump();
+  Check(probe_answered_ || client_dead_,
+        "the server neither answered a command nor closed the connection");
 }
 
 void SessionFuzzRun::Teardown() {
