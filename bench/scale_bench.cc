@@ -319,7 +319,7 @@ int Main(int argc, char** argv) {
       "device on one event-loop thread in the daemon (the default isolation "
       "mode runs a worker process per device instead, ~13 MB RSS each). The "
       "clients are this benchmark's process (no twin socket: two threads "
-      "each). Sockets carry 64 KiB read-ahead buffers only once a client "
+      "each). Sockets carry 68 KiB read-ahead buffers only once a client "
       "talks.");
   report.Print();
   return 0;

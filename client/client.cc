@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <utility>
 
 #include "absl/strings/cord.h"
@@ -1124,26 +1125,40 @@ absl::StatusOr<Message> Client::CallOnLink(Link& link,
                                            const OutgoingRequest& req,
                                            absl::Time deadline) {
   ReplyWaiter waiter(&link);
+  absl::Status started = StartOnLink(link, req, deadline, waiter);
+  if (!started.ok()) return started;
+  return FinishOnLink(link, req, deadline, waiter);
+}
+
+absl::Status Client::StartOnLink(Link& link, const OutgoingRequest& req,
+                                 absl::Time deadline, ReplyWaiter& waiter) {
   absl::StatusOr<uint16_t> msg_id = link.tracker.StartAsync(
       req.cmd, deadline, [&waiter](absl::StatusOr<Message> outcome) {
         waiter.Deliver(std::move(outcome));
       });
   if (!msg_id.ok()) return msg_id.status();
   // `lost` is set before FailAll: a request started after FailAll sees it
-  // and is failed here (AwaitReply then returns at once).
+  // and is failed here (FinishOnLink then returns at once).
   if (link.lost.load()) {
     link.tracker.FailAll(
         DisconnectError(ErrnoError(ENOTCONN, "connection already lost")));
-  } else {
-    Header header;
-    header.msg_id = *msg_id;
-    header.cmd = static_cast<uint16_t>(req.cmd);
-    header.flags = kFlagsTypeCommand;
-    counters_->requests.fetch_add(1);
-    absl::Status sent = SendOnLink(link, false, header, req.part1, req.part2,
-                                   req.fds);
-    if (!sent.ok()) FailLink(&link, sent);
+    return absl::OkStatus();
   }
+  Header header;
+  header.msg_id = *msg_id;
+  header.cmd = static_cast<uint16_t>(req.cmd);
+  header.flags = kFlagsTypeCommand;
+  counters_->requests.fetch_add(1);
+  absl::Status sent =
+      SendOnLink(link, false, header, req.part1, req.part2, req.fds);
+  if (!sent.ok()) FailLink(&link, sent);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Message> Client::FinishOnLink(Link& link,
+                                             const OutgoingRequest& req,
+                                             absl::Time deadline,
+                                             ReplyWaiter& waiter) {
   absl::StatusOr<Message> reply = AwaitReply(link, waiter, deadline);
   if (!reply.ok()) {
     if (ErrnoOf(reply.status()) == ETIMEDOUT && absl::Now() >= deadline) {
@@ -1390,20 +1405,10 @@ absl::Status Client::Read(uint32_t region, uint64_t offset,
     std::shared_ptr<Link> link_used;
     absl::StatusOr<Message> reply =
         Call(out_request, deadline, &link_used, std::move(snapshot.link));
-    if (!reply.ok()) return reply.status();
-    absl::StatusOr<RegionAccess> access =
-        DecodeRegionReadReply(reply->payload, count);
-    if (!access.ok()) return BadReply("REGION_READ", access.status());
-    if (access->count != count || access->offset != offset + done ||
-        access->region != region) {
-      return ProtocolError(absl::StrCat(
-          "REGION_READ reply for region ", access->region, " offset 0x",
-          absl::Hex(access->offset), " count ", access->count,
-          " answers region ", region, " offset 0x", absl::Hex(offset + done),
-          " count ", count));
-    }
-    std::memcpy(out.data() + done, access->data.data(), count);
-    RecyclePayload(*link_used, std::move(reply->payload));
+    absl::Status taken =
+        TakeReadReply(std::move(reply), *link_used, region, offset + done,
+                      out.subspan(done, count));
+    if (!taken.ok()) return taken;
     done += count;
     counters_->region_bytes_read.fetch_add(count);
   }
@@ -1420,6 +1425,115 @@ absl::StatusOr<std::vector<uint8_t>> Client::Read(uint32_t region,
   absl::Status s = Read(region, offset, absl::MakeSpan(out));
   if (!s.ok()) return s;
   return out;
+}
+
+absl::Status Client::TakeReadReply(absl::StatusOr<Message> reply, Link& link,
+                                   uint32_t region, uint64_t offset,
+                                   absl::Span<uint8_t> out) {
+  if (!reply.ok()) return reply.status();
+  const uint32_t count = static_cast<uint32_t>(out.size());
+  absl::StatusOr<RegionAccess> access =
+      DecodeRegionReadReply(reply->payload, count);
+  if (!access.ok()) return BadReply("REGION_READ", access.status());
+  if (access->count != count || access->offset != offset ||
+      access->region != region) {
+    return ProtocolError(absl::StrCat(
+        "REGION_READ reply for region ", access->region, " offset 0x",
+        absl::Hex(access->offset), " count ", access->count,
+        " answers region ", region, " offset 0x", absl::Hex(offset),
+        " count ", count));
+  }
+  std::memcpy(out.data(), access->data.data(), count);
+  RecyclePayload(link, std::move(reply->payload));
+  return absl::OkStatus();
+}
+
+absl::Status Client::ReadMany(absl::Span<const ReadRequest> reads) {
+  if (reads.empty()) return absl::OkStatus();
+  if (reads.size() > kMaxReadManyBatch) {
+    return ErrnoError(EINVAL, absl::StrCat("ReadMany of ", reads.size(),
+                                           " reads; at most ",
+                                           kMaxReadManyBatch));
+  }
+  AccessSnapshot snapshot;
+  for (const ReadRequest& read : reads) {
+    absl::Status valid = ValidateRegionAccess(
+        read.region, read.offset, read.out.size(), kRegionInfoFlagRead,
+        &snapshot);
+    if (!valid.ok()) return valid;
+    if (read.out.size() > snapshot.chunk) {
+      return ErrnoError(EINVAL, absl::StrCat("ReadMany: a read of ",
+                                             read.out.size(),
+                                             " bytes needs more than one "
+                                             "request (chunk size ",
+                                             snapshot.chunk, ")"));
+    }
+  }
+  const absl::Time deadline = absl::Now() + options_.request_timeout;
+  std::shared_ptr<Link> link = std::move(snapshot.link);
+  if (link == nullptr) {
+    absl::StatusOr<std::shared_ptr<Link>> awaited = AwaitLink(deadline);
+    if (!awaited.ok()) return awaited.status();
+    link = *std::move(awaited);
+  }
+
+  // Every request goes out before the first reply is awaited. The waiters
+  // stay put (deque) while the tracker holds pointers to them.
+  struct InFlight {
+    explicit InFlight(Link* link) : waiter(link) {}
+    ReplyWaiter waiter;
+    uint8_t request[16];
+    bool started = false;
+  };
+  std::deque<InFlight> flights;
+  absl::Status first_error;
+  for (const ReadRequest& read : reads) {
+    InFlight& flight = flights.emplace_back(link.get());
+    EncodeRegionAccessHeaderTo(read.offset, read.region,
+                               static_cast<uint32_t>(read.out.size()),
+                               flight.request);
+    OutgoingRequest request{Command::kRegionRead, flight.request};
+    absl::Status started = StartOnLink(*link, request, deadline, flight.waiter);
+    if (!started.ok()) {
+      first_error = started;
+      break;
+    }
+    flight.started = true;
+  }
+  // Every started request is awaited (its waiter must outlive the tracker's
+  // callback), whatever happened to the others.
+  std::vector<size_t> interrupted;  // by a disconnect: retried below
+  absl::Status disconnect;
+  for (size_t i = 0; i < flights.size() && flights[i].started; ++i) {
+    const ReadRequest& read = reads[i];
+    OutgoingRequest request{Command::kRegionRead, flights[i].request};
+    absl::StatusOr<Message> reply =
+        FinishOnLink(*link, request, deadline, flights[i].waiter);
+    if (!reply.ok() && IsDisconnectError(reply.status())) {
+      interrupted.push_back(i);
+      if (disconnect.ok()) disconnect = reply.status();
+      continue;
+    }
+    absl::Status taken = TakeReadReply(std::move(reply), *link, read.region,
+                                       read.offset, read.out);
+    if (taken.ok()) {
+      counters_->region_bytes_read.fetch_add(read.out.size());
+    } else if (first_error.ok()) {
+      first_error = taken;
+    }
+  }
+  if (!first_error.ok()) return first_error;
+  if (!interrupted.empty() &&
+      (!options_.reconnect.enabled || !options_.reconnect.retry_idempotent)) {
+    counters_->failed_by_disconnect.fetch_add(1);
+    return disconnect;
+  }
+  for (size_t i : interrupted) {
+    // Read() waits for the reconnect and retries (or fails) as it would.
+    absl::Status retried = Read(reads[i].region, reads[i].offset, reads[i].out);
+    if (!retried.ok()) return retried;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Client::Write(uint32_t region, uint64_t offset,

@@ -252,6 +252,20 @@ class Client {
   absl::Status Read(uint32_t region, uint64_t offset, absl::Span<uint8_t> out);
   absl::StatusOr<std::vector<uint8_t>> Read(uint32_t region, uint64_t offset,
                                             uint64_t size);
+  // Several reads with all of their requests in flight at once: the batch
+  // costs about one round trip's latency plus the server's work, instead of
+  // one round trip per read (the way to keep many requests outstanding from
+  // one thread). Same checks and errors as Read(); each read must fit in one
+  // request (the negotiated chunk size, else EINVAL) and the batch in the
+  // msg_id space. Reads that a disconnect interrupted are retried as Read()
+  // does. On error, which reads completed is unspecified.
+  struct ReadRequest {
+    uint32_t region = 0;
+    uint64_t offset = 0;
+    absl::Span<uint8_t> out;
+  };
+  absl::Status ReadMany(absl::Span<const ReadRequest> reads);
+  static constexpr size_t kMaxReadManyBatch = 4096;
   absl::Status Write(uint32_t region, uint64_t offset,
                      absl::Span<const uint8_t> data,
                      WriteMode mode = WriteMode::kWaited);
@@ -362,6 +376,20 @@ class Client {
   // One request on one link, waiting up to `deadline` for the reply.
   absl::StatusOr<Message> CallOnLink(Link& link, const OutgoingRequest& req,
                                      absl::Time deadline);
+  // CallOnLink in two halves, so that one thread can have several requests
+  // in flight (ReadMany): StartOnLink registers `waiter` (which must stay
+  // put until FinishOnLink returns) and sends; an error means nothing was
+  // registered. FinishOnLink waits for the reply, as CallOnLink.
+  absl::Status StartOnLink(Link& link, const OutgoingRequest& req,
+                           absl::Time deadline, ReplyWaiter& waiter);
+  absl::StatusOr<Message> FinishOnLink(Link& link, const OutgoingRequest& req,
+                                       absl::Time deadline,
+                                       ReplyWaiter& waiter);
+  // Checks a REGION_READ reply against what was asked and copies its data
+  // to `out` (the payload goes back to `link`'s spare buffer).
+  absl::Status TakeReadReply(absl::StatusOr<Message> reply, Link& link,
+                             uint32_t region, uint64_t offset,
+                             absl::Span<uint8_t> out);
   // Waits for `waiter`'s reply; reads the main socket itself whenever the
   // reader role is free (see Link).
   absl::StatusOr<Message> AwaitReply(Link& link, ReplyWaiter& waiter,

@@ -261,6 +261,96 @@ TEST_F(ClientRegionTest, ConcurrentPipelinedRequests) {
   EXPECT_GE(client_->counters().requests, uint64_t{kThreads * kIterations * 3});
 }
 
+TEST_F(ClientRegionTest, ReadManyHasEveryRequestInFlightAtOnce) {
+  Connect(DefaultDevice());
+  const std::vector<uint8_t> content = PatternBytes(4096, 5);
+  server_->SetRegionBytes(2, 0, content);
+  // The server answers nothing until all kReads requests are in, then
+  // answers them in reverse order: only a client that sent the whole batch
+  // before waiting (and matches replies by msg_id) completes.
+  constexpr size_t kReads = 16;
+  absl::Mutex mu;
+  std::vector<std::pair<Header, RegionAccess>> held;
+  server_->SetHook([&](FakeServer::Session& session, Message& request) {
+    if (request.command() != Command::kRegionRead) {
+      return FakeServer::HookResult::kDefault;
+    }
+    absl::MutexLock lock(&mu);
+    absl::StatusOr<RegionAccess> access =
+        DecodeRegionReadRequest(ByteSpan(request.payload), DecodeLimits{});
+    EXPECT_TRUE(access.ok()) << access.status();
+    if (!access.ok()) return FakeServer::HookResult::kDefault;
+    held.emplace_back(request.header, *access);
+    if (held.size() == kReads) {
+      for (auto it = held.rbegin(); it != held.rend(); ++it) {
+        const RegionAccess& a = it->second;
+        std::vector<uint8_t> data(content.begin() + a.offset,
+                                  content.begin() + a.offset + a.count);
+        EXPECT_OK(session.Reply(
+            it->first, EncodeRegionAccessWithData(a.offset, a.region, data)));
+      }
+      held.clear();
+    }
+    return FakeServer::HookResult::kHandled;
+  });
+  std::vector<std::vector<uint8_t>> buffers(kReads);
+  std::vector<Client::ReadRequest> reads;
+  for (size_t i = 0; i < kReads; ++i) {
+    buffers[i].resize(4 + i);
+    reads.push_back({2, i * 100, absl::MakeSpan(buffers[i])});
+  }
+  ASSERT_OK(client_->ReadMany(reads));
+  for (size_t i = 0; i < kReads; ++i) {
+    EXPECT_TRUE(std::equal(buffers[i].begin(), buffers[i].end(),
+                           content.begin() + i * 100))
+        << "read " << i;
+  }
+  EXPECT_EQ(server_->CountCommand(Command::kRegionRead), kReads);
+  EXPECT_EQ(client_->counters().timeouts, 0u);
+}
+
+TEST_F(ClientRegionTest, ReadManyChecksEachReadAndReportsErrors) {
+  ClientOptions extra;
+  extra.transfer_chunk_size = 64;
+  Connect(DefaultDevice(), extra);
+  server_->SetRegionBytes(2, 0, PatternBytes(256, 7));
+  std::vector<uint8_t> a(8), b(8), big(65);
+  // Local checks, before anything is sent.
+  Client::ReadRequest too_big[] = {{2, 0, absl::MakeSpan(a)},
+                                   {2, 0, absl::MakeSpan(big)}};
+  EXPECT_ERRNO(client_->ReadMany(too_big), EINVAL);
+  Client::ReadRequest outside[] = {{2, 4096 - 4, absl::MakeSpan(a)}};
+  EXPECT_ERRNO(client_->ReadMany(outside), EINVAL);
+  Client::ReadRequest no_region[] = {{99, 0, absl::MakeSpan(a)}};
+  EXPECT_ERRNO(client_->ReadMany(no_region), EINVAL);
+  EXPECT_EQ(server_->CountCommand(Command::kRegionRead), 0u);
+  EXPECT_OK(client_->ReadMany({}));
+
+  // The server fails the second read: its errno is the batch's result, and
+  // the stream stays usable.
+  server_->SetHook([&](FakeServer::Session& session, Message& request) {
+    if (request.command() == Command::kRegionRead) {
+      absl::StatusOr<RegionAccess> access =
+          DecodeRegionReadRequest(ByteSpan(request.payload), DecodeLimits{});
+      if (access.ok() && access->offset == 16) {
+        EXPECT_OK(session.ReplyError(request.header, EIO));
+        return FakeServer::HookResult::kHandled;
+      }
+    }
+    return FakeServer::HookResult::kDefault;
+  });
+  Client::ReadRequest one_fails[] = {{2, 0, absl::MakeSpan(a)},
+                                     {2, 16, absl::MakeSpan(b)},
+                                     {2, 32, absl::MakeSpan(b)}};
+  EXPECT_ERRNO(client_->ReadMany(one_fails), EIO);
+  Client::ReadRequest fine[] = {{2, 0, absl::MakeSpan(a)},
+                                {2, 32, absl::MakeSpan(b)}};
+  ASSERT_OK(client_->ReadMany(fine));
+  const std::vector<uint8_t> expected = PatternBytes(256, 7);
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), expected.begin()));
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), expected.begin() + 32));
+}
+
 TEST_F(ClientRegionTest, TimeoutThenTheLateReplyIsDropped) {
   FakeDeviceConfig config = DefaultDevice();
   ClientOptions extra;

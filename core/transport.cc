@@ -22,9 +22,6 @@
 namespace vfio_user {
 namespace {
 
-// Read-ahead buffer size: a recvmsg asks for this much, so a burst of small
-// messages costs one syscall; bigger messages bypass the buffer.
-constexpr size_t kReadAheadBytes = 64 * 1024;
 // The output queue is compacted once this many sent bytes sit in front.
 constexpr size_t kOutputCompactBytes = 64 * 1024;
 // Linux never passes more fds in one SCM_RIGHTS message (SCM_MAX_FD).
@@ -448,8 +445,8 @@ absl::Span<uint8_t> Connection::NextReadWindow(uint64_t* stream_offset) {
   if (in_buf_ == nullptr) {
     // Not value-initialized: pages the socket never writes into stay
     // untouched (an idle connection costs no resident read-ahead memory).
-    in_buf_.reset(new uint8_t[kReadAheadBytes]);
-    in_buf_size_ = kReadAheadBytes;
+    in_buf_.reset(new uint8_t[Connection::kReadAheadBytes]);
+    in_buf_size_ = Connection::kReadAheadBytes;
   }
   if (in_start_ > 0) {
     // Only part of one message is left (a whole one would have been taken):

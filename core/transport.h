@@ -22,7 +22,7 @@
 // until msg_size bytes arrived, receives fds with MSG_CMSG_CLOEXEC, and marks
 // Message::fds_truncated when the peer sent more fds than max_fds_in (the
 // kernel drops the excess; the transport closes the rest). Small messages
-// are read ahead through a reusable 64 KiB buffer, allocated at the first
+// are read ahead through a reusable 68 KiB buffer, allocated at the first
 // read and never zero-filled (a burst costs one recvmsg; an idle connection
 // keeps no resident pages); larger ones are received straight into their
 // payload. Fds are
@@ -79,6 +79,12 @@ struct TransportOptions {
 
 class Connection {
  public:
+  // Read-ahead buffer size: a recvmsg asks for this much, so a burst of small
+  // messages costs one syscall. It holds a 64 KiB data transfer with its
+  // headers (REGION_*/DMA_* at that size take one recvmsg); bigger messages
+  // go past it, straight into their payload.
+  static constexpr size_t kReadAheadBytes = 64 * 1024 + 4096;
+
   // Takes ownership of a connected AF_UNIX SOCK_STREAM socket. Non-blocking
   // mode never waits in a syscall (every call passes MSG_DONTWAIT) and
   // leaves the fd's flags alone; blocking mode clears O_NONBLOCK, so that a

@@ -63,10 +63,11 @@ struct Spec {
   bool with_memfd;
 };
 
-// Sizes around the header and the read-ahead buffer (64 KiB).
+// Sizes around the header and the read-ahead buffer (68 KiB).
+static_assert(Connection::kReadAheadBytes == 69632, "update the sizes below");
 const Spec kStream[] = {
     {1, 0, false},  {2, 1, true},      {3, 15, false},    {4, 16, true},
-    {5, 100, true}, {6, 70000, false}, {7, 66000, true},  {8, 3, true},
+    {5, 100, true}, {6, 75000, false}, {7, 69700, true},  {8, 3, true},
     {9, 0, true},   {10, 200, false},
 };
 
@@ -74,12 +75,16 @@ TEST(TransportFaultTest, OneByteReadsAndWritesHitEveryByteBoundary) {
   FaultInjectingOs send_os, recv_os;
   send_os.SetMaxBytesPerCall(Direction::kSend, 1);
   recv_os.SetMaxBytesPerCall(Direction::kRecv, 1);
-  ConnectionPair pair = MakeConnectionPair({}, {}, &send_os, &recv_os);
+  // A byte per syscall is slow on a loaded machine: the writer may wait for
+  // the reader far longer than the default send_timeout.
+  TransportOptions patient;
+  patient.send_timeout = absl::Minutes(5);
+  ConnectionPair pair = MakeConnectionPair(patient, {}, &send_os, &recv_os);
 
-  // One message just over the read-ahead buffer (64 KiB) is enough for the
+  // One message just over the read-ahead buffer (68 KiB) is enough for the
   // large-message path; every byte costs two syscalls here.
   const Spec stream[] = {{1, 0, false}, {2, 1, true},     {3, 15, false},
-                         {4, 16, true}, {5, 65530, true}, {6, 3, true},
+                         {4, 16, true}, {5, 69620, true}, {6, 3, true},
                          {7, 0, true},  {8, 200, false}};
   uint64_t total = 0;
   for (const Spec& s : stream) total += kHeaderSize + s.payload_size;
@@ -139,8 +144,8 @@ TEST(TransportFaultTest, NonblockingReceiveResumesInsideALargeMessage) {
   const Spec large[] = {{1, 8, false}, {2, 100000, true}, {3, 8, true}};
   const uint64_t start = kHeaderSize + 8;  // first byte of message 2
   for (uint64_t pause :
-       {start, start + 1, start + 15, start + 16, start + 17, start + 65535,
-        start + 65536, start + 65537, start + 100015, start + 100016}) {
+       {start, start + 1, start + 15, start + 16, start + 17, start + 69631,
+        start + 69632, start + 69633, start + 100015, start + 100016}) {
     SCOPED_TRACE(pause);
     ReceiveWithPauseAt(large, pause);
   }
