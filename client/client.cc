@@ -1487,18 +1487,49 @@ absl::Status Client::ReadMany(absl::Span<const ReadRequest> reads) {
   };
   std::deque<InFlight> flights;
   absl::Status first_error;
+  // All requests leave in one sendmsg(): the server finds them together and
+  // answers them together (server/session.cc coalesces the replies).
+  std::vector<uint8_t> wire;
+  wire.reserve(reads.size() * (kHeaderSize + 16));
   for (const ReadRequest& read : reads) {
     InFlight& flight = flights.emplace_back(link.get());
     EncodeRegionAccessHeaderTo(read.offset, read.region,
                                static_cast<uint32_t>(read.out.size()),
                                flight.request);
-    OutgoingRequest request{Command::kRegionRead, flight.request};
-    absl::Status started = StartOnLink(*link, request, deadline, flight.waiter);
-    if (!started.ok()) {
-      first_error = started;
+    ReplyWaiter* waiter = &flight.waiter;
+    absl::StatusOr<uint16_t> msg_id = link->tracker.StartAsync(
+        Command::kRegionRead, deadline,
+        [waiter](absl::StatusOr<Message> outcome) {
+          waiter->Deliver(std::move(outcome));
+        });
+    if (!msg_id.ok()) {
+      first_error = msg_id.status();
       break;
     }
     flight.started = true;
+    Header header;
+    header.msg_id = *msg_id;
+    header.cmd = static_cast<uint16_t>(Command::kRegionRead);
+    header.flags = kFlagsTypeCommand;
+    header.msg_size = static_cast<uint32_t>(kHeaderSize + sizeof(flight.request));
+    const size_t at = wire.size();
+    wire.resize(at + header.msg_size);
+    EncodeHeader(header, wire.data() + at);
+    std::memcpy(wire.data() + at + kHeaderSize, flight.request,
+                sizeof(flight.request));
+  }
+  // As in StartOnLink: a link lost meanwhile fails what was registered.
+  if (link->lost.load()) {
+    link->tracker.FailAll(
+        DisconnectError(ErrnoError(ENOTCONN, "connection already lost")));
+  } else if (!wire.empty()) {
+    counters_->requests.fetch_add(flights.size() - (first_error.ok() ? 0 : 1));
+    absl::Status sent;
+    {
+      absl::MutexLock lock(&link->main_send_mu);
+      sent = link->main->SendFramed(wire);
+    }
+    if (!sent.ok()) FailLink(link.get(), sent);
   }
   // Every started request is awaited (its waiter must outlive the tracker's
   // callback), whatever happened to the others.

@@ -585,6 +585,11 @@ absl::Status Connection::SendPartsImpl(const Header& header,
   wire.msg_size = static_cast<uint32_t>(total);
   uint8_t header_bytes[kHeaderSize];
   EncodeHeader(wire, header_bytes);
+  if (coalescing_ && options_.nonblocking && fds.empty() && !reference_part2 &&
+      !wait_until.has_value() && total <= kMaxCoalescedMessage) {
+    // Sent with the rest of the burst by the owner's FlushPending().
+    return Enqueue(OutputCursor(header_bytes, part1, part2), {});
+  }
   if (fds.empty() && !HasPendingOutput()) {
     // The common case: one sendmsg() takes the whole message. Anything else
     // (a short write, EAGAIN, an error) continues on the general path below.
@@ -629,6 +634,14 @@ absl::Status Connection::SendPartsImpl(const Header& header,
     if (HasPendingOutput()) return Enqueue(out, fds, reference_part2);
   }
   return SendNow(out, fds, std::nullopt, reference_part2);
+}
+
+absl::Status Connection::SendFramed(absl::Span<const uint8_t> messages) {
+  if (!send_error_.ok()) return send_error_;
+  if (messages.empty()) return absl::OkStatus();
+  OutputCursor out(messages, {}, {});
+  if (options_.nonblocking && HasPendingOutput()) return Enqueue(out, {});
+  return SendNow(out, {});
 }
 
 absl::Status Connection::SendNow(OutputCursor& out, absl::Span<const int> fds,

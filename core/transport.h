@@ -137,6 +137,11 @@ class Connection {
                                 absl::Span<const uint8_t> part2,
                                 absl::Time deadline);
 
+  // Sends bytes that are already whole, framed messages (headers encoded by
+  // the caller, no fds) as one stream write: a batch of requests in one
+  // sendmsg(). Same modes and errors as SendParts().
+  absl::Status SendFramed(absl::Span<const uint8_t> messages);
+
   // Blocking mode: waits (up to receive_timeout) for one whole message.
   // Non-blocking mode: returns std::nullopt if no whole message is buffered
   // yet and the socket has no more bytes (EAGAIN).
@@ -172,6 +177,14 @@ class Connection {
 
   // Non-blocking output queue.
   bool HasPendingOutput() const;
+  // Coalescing (non-blocking mode only): while on, an fd-less message of at
+  // most kMaxCoalescedMessage bytes is queued instead of sent, so that
+  // FlushPending() sends a burst of them in one sendmsg(). For a server
+  // answering requests that arrived together; the owner flushes when the
+  // burst is over. Larger messages and messages with fds are sent (or
+  // queued behind the others) as usual.
+  void set_coalescing(bool on) { coalescing_ = on; }
+  static constexpr size_t kMaxCoalescedMessage = 4096;
   // Writes as much of the queue as the socket takes now. OK with pending
   // output remaining is normal; errors mean the peer is gone.
   absl::Status FlushPending();
@@ -287,6 +300,7 @@ class Connection {
   std::vector<uint64_t> in_control_;  // recvmsg control buffer (aligned)
   absl::Status receive_error_;        // sticky: framing error, EOF, reset
   bool last_read_short_ = false;      // the last recvmsg did not fill its window
+  bool coalescing_ = false;           // see set_coalescing()
   absl::Duration receive_slice_ = absl::ZeroDuration();  // SO_RCVTIMEO set
   absl::Duration send_slice_ = absl::ZeroDuration();     // SO_SNDTIMEO set
   std::optional<Header> last_bad_header_;

@@ -765,5 +765,69 @@ TEST_F(UnixPathTest, ConnectToNothingFails) {
   EXPECT_EQ(ErrnoOf(ConnectUnix(path_).status()), ECONNREFUSED);
 }
 
+TEST(TransportTest, SendFramedSendsABatchOfMessagesInOneSendmsg) {
+  FaultInjectingOs send_os;
+  ConnectionPair pair = MakeConnectionPair({}, {}, &send_os);
+  std::vector<uint8_t> wire;
+  for (uint16_t id = 1; id <= 3; ++id) {
+    const std::vector<uint8_t> payload = Pattern(8 * id, id);
+    const std::vector<uint8_t> header =
+        HeaderBytes(CommandHeader(id, Command::kRegionRead, payload.size()));
+    wire.insert(wire.end(), header.begin(), header.end());
+    wire.insert(wire.end(), payload.begin(), payload.end());
+  }
+  ASSERT_TRUE(pair.a->SendFramed(wire).ok());
+  EXPECT_EQ(send_os.calls(FaultInjectingOs::Direction::kSend), 1u);
+  for (uint16_t id = 1; id <= 3; ++id) {
+    Message m = ReceiveOne(*pair.b);
+    EXPECT_EQ(m.header.msg_id, id);
+    EXPECT_EQ(m.payload, Pattern(8 * id, id));
+  }
+  EXPECT_TRUE(pair.a->SendFramed({}).ok());
+}
+
+TEST(TransportTest, CoalescingQueuesSmallMessagesUntilFlushed) {
+  FaultInjectingOs send_os;
+  TransportOptions nonblocking;
+  nonblocking.nonblocking = true;
+  ConnectionPair pair = MakeConnectionPair(nonblocking, nonblocking, &send_os);
+  pair.a->set_coalescing(true);
+  const std::vector<uint8_t> small = Pattern(20, 1);
+  const std::vector<uint8_t> large =
+      Pattern(Connection::kMaxCoalescedMessage, 2);  // + header: too big
+  for (uint16_t id = 1; id <= 3; ++id) {
+    Header h = CommandHeader(id, Command::kRegionWrite);
+    ASSERT_TRUE(pair.a->SendParts(h, small).ok());
+  }
+  // Nothing left yet: the peer sees no message.
+  EXPECT_EQ(send_os.calls(FaultInjectingOs::Direction::kSend), 0u);
+  EXPECT_TRUE(pair.a->HasPendingOutput());
+  absl::StatusOr<std::optional<Message>> none = pair.b->Receive();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  pair.a->set_coalescing(false);
+  ASSERT_TRUE(pair.a->FlushPending().ok());
+  EXPECT_FALSE(pair.a->HasPendingOutput());
+  EXPECT_EQ(send_os.calls(FaultInjectingOs::Direction::kSend), 1u);  // the whole burst at once
+  // A large message is not held back; it keeps its place in the stream (a
+  // burst queued before it goes first).
+  pair.a->set_coalescing(true);
+  ASSERT_TRUE(pair.a->SendParts(CommandHeader(4, Command::kRegionWrite), large)
+                  .ok());
+  pair.a->set_coalescing(false);
+  EXPECT_FALSE(pair.a->HasPendingOutput());
+  EXPECT_EQ(send_os.calls(FaultInjectingOs::Direction::kSend), 2u);
+  for (uint16_t id = 1; id <= 4; ++id) {
+    Message m = ReceiveOne(*pair.b);
+    EXPECT_EQ(m.header.msg_id, id);
+    EXPECT_EQ(m.payload, id == 4 ? large : small);
+  }
+  // Off again: a message goes out at once.
+  ASSERT_TRUE(pair.a->SendParts(CommandHeader(5, Command::kRegionWrite), small)
+                  .ok());
+  EXPECT_FALSE(pair.a->HasPendingOutput());
+  EXPECT_EQ(ReceiveOne(*pair.b).header.msg_id, 5);
+}
+
 }  // namespace
 }  // namespace vfio_user

@@ -174,9 +174,22 @@ void Session::ReadMessages(Connection* conn) {
       return;
     }
     if (!*got) return;  // EAGAIN: wait for more bytes
+    // More requests arrived with this one (a pipelining client): queue the
+    // small replies and send the burst's replies in one sendmsg().
+    const bool more = conn->HasBufferedMessage();
+    conn->set_coalescing(more);
     HandleMessage(conn, in_msg_);
+    conn->set_coalescing(false);
     in_msg_.fds.clear();  // whatever a handler did not take is closed now
     if (closed_) return;
+    if (more && i + 1 < options_.max_messages_per_wakeup) continue;
+    if (conn->HasPendingOutput()) {
+      absl::Status flushed = conn->FlushPending();
+      if (!flushed.ok()) {
+        Close(flushed);
+        return;
+      }
+    }
     if (conn->HasPendingOutput()) {
       UpdateInterest(conn);
       return;
