@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "core/log.h"
 #include "core/request_tracker.h"
 #include "core/transport.h"
+#include "client/socket_watch.h"
 
 namespace vfio_user {
 namespace {
@@ -66,6 +68,9 @@ absl::Time Earliest(absl::Time a, absl::Time b) { return std::min(a, b); }
 absl::Duration InitialBackoff(const ReconnectPolicy& policy) {
   return std::max(policy.initial_backoff, absl::Milliseconds(1));
 }
+// After the server's socket was (re)created: the next attempt comes this
+// soon if the server was not listening yet at the first one.
+constexpr absl::Duration kSocketEventBackoff = absl::Milliseconds(1);
 absl::Duration NextBackoff(const ReconnectPolicy& policy,
                            absl::Duration backoff) {
   return std::min(backoff * 2, std::max(policy.max_backoff,
@@ -385,7 +390,8 @@ class Client::Notifier {
 Client::Client(ClientOptions options)
     : options_(std::move(options)),
       mappings_(std::make_shared<MappingRegistry>()),
-      counters_(std::make_unique<AtomicCounters>()) {}
+      counters_(std::make_unique<AtomicCounters>()),
+      manager_wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 Client::~Client() { Close(); }
 
@@ -404,6 +410,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
 
   const absl::Time give_up = absl::Now() + opts.connect_timeout;
   absl::Duration backoff = InitialBackoff(opts.reconnect);
+  std::optional<SocketWatch> watch;  // set up once the first attempt failed
   for (;;) {
     DeviceDescription description;
     std::vector<UniqueFd> region_fds;
@@ -423,8 +430,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
     if (!IsRetriableConnectError(link.status()) || absl::Now() >= give_up) {
       return link.status();
     }
-    absl::SleepFor(std::min(backoff, give_up - absl::Now()));
-    backoff = NextBackoff(opts.reconnect, backoff);
+    // A server that creates its socket now is tried at once.
+    if (!watch.has_value()) watch.emplace(opts.socket_path, -1);
+    if (watch->Wait(std::min(absl::Now() + backoff, give_up)) ==
+        SocketWatch::Woken::kSocketEvent) {
+      backoff = kSocketEventBackoff;  // if it is not listening yet: soon
+    } else {
+      backoff = NextBackoff(opts.reconnect, backoff);
+    }
   }
   Client* raw = client.get();
   client->manager_ = std::thread([raw] { raw->ManagerLoop(); });
@@ -439,6 +452,10 @@ void Client::Close() {
     if (closing_) return;
     closing_ = true;
     manager_cv_.SignalAll();
+    if (manager_wake_.valid()) {  // a reconnect waiting in SocketWatch::Wait
+      const uint64_t one = 1;
+      (void)!::write(manager_wake_.get(), &one, sizeof(one));
+    }
     current = std::move(link_);
     lost = std::move(lost_link_);
     establishing = establishing_;
@@ -1967,6 +1984,9 @@ void Client::ManagerLoop() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const ReconnectPolicy& policy = options_.reconnect;
   absl::Duration backoff = InitialBackoff(policy);
+  // Watched from the first attempt on: a server that comes back while an
+  // attempt fails is seen at the wait that follows.
+  SocketWatch watch(options_.socket_path, manager_wake_.get());
   for (;;) {
     if (closing_) return;
     if (absl::Now() >= state_.reconnect_deadline) {
@@ -2017,10 +2037,17 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
         {{"attempt", absl::StrCat(state_.attempt)},
          {"error", ErrorText(link.status())}});
     PublishLocked();
+    // Until the backoff is over, or the server creates its socket again,
+    // or Close() (it writes manager_wake_ after setting closing_).
     const absl::Time wake = std::min(absl::Now() + backoff, deadline);
-    while (!closing_ && !manager_cv_.WaitWithDeadline(&mu_, wake)) {
+    mu_.Unlock();
+    const SocketWatch::Woken woken = watch.Wait(wake);
+    mu_.Lock();
+    if (woken == SocketWatch::Woken::kSocketEvent) {
+      backoff = kSocketEventBackoff;  // if it is not listening yet: soon
+    } else {
+      backoff = NextBackoff(policy, backoff);
     }
-    backoff = NextBackoff(policy, backoff);
   }
 }
 

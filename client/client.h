@@ -458,6 +458,9 @@ class Client {
 
   struct AtomicCounters;
   const std::unique_ptr<AtomicCounters> counters_;
+  // Written once by Close(): wakes a reconnect waiting for the server's
+  // socket (SocketWatch), which a CondVar cannot.
+  const UniqueFd manager_wake_;
   std::unique_ptr<Notifier> notifier_;
   std::thread manager_;
 };

@@ -390,6 +390,38 @@ TEST(ReconnectTest, CloseWhileReconnectingCancelsWaiters) {
   EXPECT_EQ(ErrnoOf(waiting), ECANCELED) << waiting;
 }
 
+TEST(ReconnectTest, ReconnectsAsSoonAsTheServersSocketIsCreatedAgain) {
+  // A backoff far longer than the test: only the socket watch can bring the
+  // client back in time (client/socket_watch.h).
+  const std::string path = TestSocketPath("watch");
+  auto server1 = std::make_unique<FakeServer>(path, DefaultDevice());
+  ClientOptions options = OptionsFor(*server1);
+  options.reconnect.initial_backoff = absl::Minutes(10);
+  options.reconnect.max_backoff = absl::Minutes(10);
+  options.reconnect.deadline = absl::Minutes(20);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  server1->Kill();
+  server1.reset();
+  ASSERT_EQ((*client)->AwaitState(ClientState::kReconnecting, absl::Seconds(10))
+                .state,
+            ClientState::kReconnecting);
+  // The first attempt failed (no socket); the client now sits in its
+  // 10-minute backoff. A new server binds the path.
+  auto server2 = std::make_unique<FakeServer>(path, DefaultDevice());
+  EXPECT_EQ((*client)->AwaitState(ClientState::kConnected, absl::Seconds(60))
+                .state,
+            ClientState::kConnected);
+  EXPECT_OK((*client)->Read(2, 0, 4).status());
+  // Close() ends a reconnect wait at once as well.
+  server2->Kill();
+  ASSERT_EQ((*client)->AwaitState(ClientState::kReconnecting, absl::Seconds(10))
+                .state,
+            ClientState::kReconnecting);
+  (*client)->Close();
+  EXPECT_EQ((*client)->state().state, ClientState::kClosed);
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace vfio_user
