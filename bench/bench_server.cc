@@ -159,15 +159,16 @@ int ServeMain(int control_fd, int raw_eventfd, SharedPage* shared,
       Check(DeviceServer::Create(loop.get(), &mmap_device.device(),
                                  std::move(mmap_options)),
             "DeviceServer mmap");
+  // Page-aligned, as guest memory is (see AlignedBuffer in harness.h).
+  // Filled before start-up ends: not while a client reconnects.
+  uint8_t* const buffer = AlignedBuffer(kMaxTransfer, 0);
+  uint8_t* const source = AlignedBuffer(kMaxTransfer, 0x5a);
   loop->StartThread("bench-loop");
   // Start-up ends here: both sockets listen and the loop thread runs.
   shared->listening_ns.store(NowNs(), std::memory_order_release);
 
   const Command ready{Op::kReady};
   WriteFull(control_fd, &ready, sizeof(ready));
-  // Page-aligned, as guest memory is (see AlignedBuffer in harness.h).
-  uint8_t* const buffer = AlignedBuffer(kMaxTransfer, 0);
-  uint8_t* const source = AlignedBuffer(kMaxTransfer, 0x5a);
   for (;;) {
     Command cmd;
     ReadFull(control_fd, &cmd, sizeof(cmd));

@@ -41,8 +41,8 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu_model=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 cores=$(nproc)
 kernel=$(uname -r)
-compiler=$(${CC:-gcc} --version | head -1)
-glibc=$(ldd --version | head -1 | sed 's/^ldd //')
+compiler=$(${CC:-gcc} --version | sed -n 1p)
+glibc=$(ldd --version | sed -n "1s/^ldd //p")
 {
   cat <<EOF
 # Performance

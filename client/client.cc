@@ -68,9 +68,11 @@ absl::Time Earliest(absl::Time a, absl::Time b) { return std::min(a, b); }
 absl::Duration InitialBackoff(const ReconnectPolicy& policy) {
   return std::max(policy.initial_backoff, absl::Milliseconds(1));
 }
-// After the server's socket was (re)created: the next attempt comes this
-// soon if the server was not listening yet at the first one.
+// After the server's socket was (re)created, attempts that find it not
+// listening yet (bind comes before listen) are repeated this often, up to
+// kSocketEventRetries times, before the backoff resumes doubling.
 constexpr absl::Duration kSocketEventBackoff = absl::Milliseconds(1);
+constexpr int kSocketEventRetries = 500;
 absl::Duration NextBackoff(const ReconnectPolicy& policy,
                            absl::Duration backoff) {
   return std::min(backoff * 2, std::max(policy.max_backoff,
@@ -411,6 +413,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   const absl::Time give_up = absl::Now() + opts.connect_timeout;
   absl::Duration backoff = InitialBackoff(opts.reconnect);
   std::optional<SocketWatch> watch;  // set up once the first attempt failed
+  int quick_retries = 0;             // left after a socket event
   for (;;) {
     DeviceDescription description;
     std::vector<UniqueFd> region_fds;
@@ -434,7 +437,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
     if (!watch.has_value()) watch.emplace(opts.socket_path, -1);
     if (watch->Wait(std::min(absl::Now() + backoff, give_up)) ==
         SocketWatch::Woken::kSocketEvent) {
-      backoff = kSocketEventBackoff;  // if it is not listening yet: soon
+      quick_retries = kSocketEventRetries;
+    }
+    if (quick_retries > 0) {
+      --quick_retries;
+      backoff = kSocketEventBackoff;
     } else {
       backoff = NextBackoff(opts.reconnect, backoff);
     }
@@ -1987,6 +1994,7 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   // Watched from the first attempt on: a server that comes back while an
   // attempt fails is seen at the wait that follows.
   SocketWatch watch(options_.socket_path, manager_wake_.get());
+  int quick_retries = 0;  // left after a socket event
   for (;;) {
     if (closing_) return;
     if (absl::Now() >= state_.reconnect_deadline) {
@@ -2044,7 +2052,11 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const SocketWatch::Woken woken = watch.Wait(wake);
     mu_.Lock();
     if (woken == SocketWatch::Woken::kSocketEvent) {
-      backoff = kSocketEventBackoff;  // if it is not listening yet: soon
+      quick_retries = kSocketEventRetries;
+    }
+    if (quick_retries > 0) {
+      --quick_retries;
+      backoff = kSocketEventBackoff;
     } else {
       backoff = NextBackoff(policy, backoff);
     }

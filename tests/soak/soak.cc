@@ -4,7 +4,8 @@
 //
 //   bazel run -c opt //tests/soak:soak -- --duration=1h [--devices=100]
 //       [--client_workers=10] [--kill_client_every=5s]
-//       [--restart_server_every=20s] [--sample_every=60s] [--seed=1]
+//       [--restart_server_every=20s] [--restartable_fraction=0.5]
+//       [--sample_every=60s] [--seed=1]
 //
 // Layout: --devices/2 vfio-user-sample-server processes (an idio-16 and a
 // DMA test device each, on one event loop), and --client_workers client
@@ -15,7 +16,8 @@
 // message), resets, unmaps, and clean disconnects now and then.
 // The orchestrator SIGKILLs a random client worker every
 // --kill_client_every (and starts a new one on the same devices) and
-// SIGKILLs and restarts a random server every --restart_server_every (on
+// SIGKILLs and restarts a random server of the first --restartable_fraction
+// every --restart_server_every (on
 // the same sockets; its clients reconnect).
 //
 // Every --sample_every it records, per server process, open fds, VmRSS and
@@ -30,6 +32,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -65,6 +68,9 @@ ABSL_FLAG(absl::Duration, kill_client_every, absl::Seconds(5),
           "a random client worker is SIGKILLed (and replaced) this often");
 ABSL_FLAG(absl::Duration, restart_server_every, absl::Seconds(20),
           "a random server is SIGKILLed and restarted this often");
+ABSL_FLAG(double, restartable_fraction, 0.5,
+          "share of the servers that may be restarted; the others run the "
+          "whole time and show any trend");
 ABSL_FLAG(absl::Duration, sample_every, absl::Seconds(60), "resource sampling period");
 ABSL_FLAG(absl::Duration, warm_up, absl::Seconds(60), "first sample after this");
 ABSL_FLAG(int, max_fd_growth, 4, "allowed fd growth of a never-restarted server");
@@ -317,7 +323,10 @@ int RunOrchestrator() {
     }
     if (now >= next_restart) {
       next_restart += absl::GetFlag(FLAGS_restart_server_every);
-      Server& s = servers[rng() % servers.size()];
+      const size_t restartable = std::max<size_t>(
+          1, static_cast<size_t>(static_cast<double>(servers.size()) *
+                                 absl::GetFlag(FLAGS_restartable_fraction)));
+      Server& s = servers[rng() % std::min(restartable, servers.size())];
       (void)s.process->Stop(SIGKILL);
       auto p = StartServer(s);
       if (p.ok()) s.process = std::move(*p);
