@@ -585,9 +585,10 @@ absl::Status Connection::SendPartsImpl(const Header& header,
   wire.msg_size = static_cast<uint32_t>(total);
   uint8_t header_bytes[kHeaderSize];
   EncodeHeader(wire, header_bytes);
-  if (coalescing_ && options_.nonblocking && fds.empty() && !reference_part2 &&
+  if (coalescing_ && options_.nonblocking && fds.empty() &&
       !wait_until.has_value() && total <= kMaxCoalescedMessage) {
-    // Sent with the rest of the burst by the owner's FlushPending().
+    // Sent with the rest of the burst by the owner's FlushPending(). Copied
+    // (even a part the caller let us reference: it is small).
     return Enqueue(OutputCursor(header_bytes, part1, part2), {});
   }
   if (fds.empty() && !HasPendingOutput()) {

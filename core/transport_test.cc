@@ -797,7 +797,10 @@ TEST(TransportTest, CoalescingQueuesSmallMessagesUntilFlushed) {
       Pattern(Connection::kMaxCoalescedMessage, 2);  // + header: too big
   for (uint16_t id = 1; id <= 3; ++id) {
     Header h = CommandHeader(id, Command::kRegionWrite);
-    ASSERT_TRUE(pair.a->SendParts(h, small).ok());
+    // Referenced parts are coalesced too (copied: they are small).
+    ASSERT_TRUE((id == 2 ? pair.a->SendPartsReferencing(h, {}, small)
+                         : pair.a->SendParts(h, small))
+                    .ok());
   }
   // Nothing left yet: the peer sees no message.
   EXPECT_EQ(send_os.calls(FaultInjectingOs::Direction::kSend), 0u);

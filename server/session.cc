@@ -175,9 +175,12 @@ void Session::ReadMessages(Connection* conn) {
     }
     if (!*got) return;  // EAGAIN: wait for more bytes
     // More requests arrived with this one (a pipelining client): queue the
-    // small replies and send the burst's replies in one sendmsg().
+    // small replies and send the burst's replies in one sendmsg(). The last
+    // request of a burst finds the others' replies queued: its reply joins
+    // them (queued output here is only ever coalesced replies: with output
+    // backed up the session does not read).
     const bool more = conn->HasBufferedMessage();
-    conn->set_coalescing(more);
+    conn->set_coalescing(more || conn->HasPendingOutput());
     HandleMessage(conn, in_msg_);
     conn->set_coalescing(false);
     in_msg_.fds.clear();  // whatever a handler did not take is closed now
