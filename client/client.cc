@@ -1429,6 +1429,7 @@ absl::Status Client::Read(uint32_t region, uint64_t offset,
     std::shared_ptr<Link> link_used;
     absl::StatusOr<Message> reply =
         Call(out_request, deadline, &link_used, std::move(snapshot.link));
+    if (!reply.ok()) return reply.status();  // link_used may be null then
     absl::Status taken =
         TakeReadReply(std::move(reply), *link_used, region, offset + done,
                       out.subspan(done, count));

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -290,6 +291,13 @@ TEST_F(ProcessFaultTest, ServerWithoutFdsToStartExitsWithAnError) {
 }
 
 TEST_F(ProcessFaultTest, ServerOutOfFdsPausesAcceptingAndRecovers) {
+  if (std::getenv("VFIO_USER_UBSAN_VPTR") != nullptr) {
+    // UBSan's vptr check needs a free fd (it probes the vtable with a pipe)
+    // and reports "invalid vptr" in a server with none left: a false
+    // positive of the sanitizer runtime, not of the server. Covered by the
+    // plain run of the suite.
+    GTEST_SKIP() << "fd exhaustion defeats UBSan's vptr check";
+  }
   ASSERT_TRUE(StartServer().ok());
   std::unique_ptr<RawClient> attached = Attach(idio_path_);
   ASSERT_NE(attached, nullptr);
