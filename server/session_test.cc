@@ -13,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "core/codec.h"
 #include "core/errno_status.h"
+#include "core/fault_injecting_os.h"
 #include "gtest/gtest.h"
 #include "server/device.h"
 #include "server/device_server.h"
@@ -105,6 +106,7 @@ class SessionTest : public ::testing::Test {
     DeviceServerOptions o;
     o.socket_path = path_;
     o.session.dma_timeout = absl::Seconds(2);
+    o.session.os = &os_;  // counts the sessions' syscalls, injects nothing
     o.events.on_client_attached = [this](const PeerCredentials& peer) {
       attached_pids_.push_back(peer.pid);
     };
@@ -131,6 +133,7 @@ class SessionTest : public ::testing::Test {
   }
 
   std::string path_;
+  FaultInjectingOs os_;
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<TestDevice> dev_;
   std::unique_ptr<DeviceServer> server_;
@@ -171,6 +174,43 @@ TEST_F(SessionTest, TrappedRegionRoundTrip) {
   EXPECT_EQ(*r, (Bytes{1, 2, 3, 4}));
   // Bounds: past the end of the region.
   EXPECT_FALSE(c->RegionRead(kRegsBar, 0xffe, 4).ok());
+}
+
+TEST_F(SessionTest, RepliesToABurstOfRequestsLeaveInOneSendmsg) {
+  auto c = Attach();
+  ASSERT_TRUE(c->RegionWrite(kRegsBar, 0x10, {1, 2, 3, 4}).ok());
+  // Eight REGION_READs in one write: the session finds them together and
+  // coalesces the replies (server/session.cc, Connection::set_coalescing).
+  constexpr uint16_t kBurst = 8;
+  constexpr uint16_t kFirstId = 1000;
+  Bytes burst;
+  for (uint16_t i = 0; i < kBurst; ++i) {
+    const Bytes access = EncodeRegionAccessHeader(0x10, kRegsBar, 4);
+    Header h;
+    h.msg_id = kFirstId + i;
+    h.cmd = static_cast<uint16_t>(Command::kRegionRead);
+    h.flags = kFlagsTypeCommand;
+    h.msg_size = static_cast<uint32_t>(kHeaderSize + access.size());
+    uint8_t header[kHeaderSize];
+    EncodeHeader(h, header);
+    burst.insert(burst.end(), header, header + kHeaderSize);
+    burst.insert(burst.end(), access.begin(), access.end());
+  }
+  loop_->RunSync([] {});
+  const uint64_t sends_before = os_.calls(FaultInjectingOs::Direction::kSend);
+  ASSERT_TRUE(c->SendRaw(burst).ok());
+  for (uint16_t i = 0; i < kBurst; ++i) {
+    absl::StatusOr<Message> reply = c->Receive();
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(reply->header.msg_id, kFirstId + i);  // in order
+    absl::StatusOr<RegionAccess> access =
+        DecodeRegionReadReply(ByteSpan(reply->payload), 4);
+    ASSERT_TRUE(access.ok()) << access.status();
+    EXPECT_EQ(Bytes(access->data.begin(), access->data.end()),
+              (Bytes{1, 2, 3, 4}));
+  }
+  loop_->RunSync([] {});
+  EXPECT_EQ(os_.calls(FaultInjectingOs::Direction::kSend) - sends_before, 1u);
 }
 
 TEST_F(SessionTest, SparseMmapRegionInfoAndFd) {

@@ -49,20 +49,11 @@ namespace vfio_user {
 namespace {
 
 using testing::CountOpenFds;
+using testing::ProcStatusField;
 using testing::RawClient;
 using testing::RunfilePath;
 using testing::Subprocess;
 using testing::UniqueSocketPath;
-
-// /proc/<pid>/status field `key` (e.g. "VmRSS") in kB.
-long StatusKb(pid_t pid, const std::string& key) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stol(line.substr(key.size() + 1));
-  }
-  return -1;
-}
 
 // CPU seconds (user + system) process `pid` used so far.
 double CpuSeconds(pid_t pid) {
@@ -145,7 +136,7 @@ TEST_F(ProcessFaultTest, ClientThatStopsReadingStallsOnlyItself) {
   ASSERT_TRUE(StartServer().ok());
   std::unique_ptr<RawClient> slow = Attach(idio_path_);
   ASSERT_NE(slow, nullptr);
-  const long rss_before = StatusKb(server_->pid(), "VmRSS");
+  const long rss_before = ProcStatusField(server_->pid(), "VmRSS");
 
   // The slow client pipelines 256-byte config reads and never reads a reply,
   // until the server stops taking its commands (backpressure).
@@ -185,7 +176,7 @@ TEST_F(ProcessFaultTest, ClientThatStopsReadingStallsOnlyItself) {
     ASSERT_TRUE(version.ok()) << version.status();
   }
   // And the stalled client's own backlog costs the server little memory.
-  const long rss_stalled = StatusKb(server_->pid(), "VmRSS");
+  const long rss_stalled = ProcStatusField(server_->pid(), "VmRSS");
   EXPECT_LT(rss_stalled - rss_before, 64 * 1024) << "kB";
 
   // Reading again, the slow client gets every reply, in order (the tail of

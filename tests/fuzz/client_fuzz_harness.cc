@@ -1,6 +1,5 @@
 #include "tests/fuzz/client_fuzz_harness.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -33,6 +32,7 @@
 #include "core/unique_fd.h"
 #include "tests/fuzz/client_exercise.h"
 #include "tests/fuzz/client_fuzz_input.h"
+#include "tests/fuzz/open_fds.h"
 
 namespace vfio_user {
 namespace fuzz {
@@ -43,17 +43,6 @@ void Check(bool condition, const char* what) {
     std::fprintf(stderr, "client fuzz invariant violated: %s\n", what);
     std::abort();
   }
-}
-
-int CountOpenFds() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  int n = 0;
-  while (struct dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n - 1;  // the directory's own fd
 }
 
 // Reads operands; past the end everything reads as zero.

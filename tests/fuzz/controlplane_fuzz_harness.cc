@@ -1,6 +1,5 @@
 #include "tests/fuzz/controlplane_fuzz_harness.h"
 
-#include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -21,6 +20,7 @@
 #include "controlplane/state_store.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/vfio_user/v1/device_service.pb.h"
+#include "tests/fuzz/open_fds.h"
 
 namespace vfio_user {
 namespace fuzz {
@@ -35,31 +35,6 @@ void Check(bool condition, const char* what) {
     std::fprintf(stderr, "control-plane fuzz invariant violated: %s\n", what);
     std::abort();
   }
-}
-
-int CountOpenFds() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  int n = 0;
-  while (struct dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n - 1;  // the directory's own fd
-}
-
-// What each open fd is (for a leak report).
-void PrintOpenFds() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return;
-  while (struct dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] == '.') continue;
-    char target[256] = {};
-    const std::string link = absl::StrCat("/proc/self/fd/", e->d_name);
-    const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
-    std::fprintf(stderr, "  fd %s -> %s\n", e->d_name, n > 0 ? target : "?");
-  }
-  ::closedir(dir);
 }
 
 // The device loop closes a deleted device's sockets on its own thread, and

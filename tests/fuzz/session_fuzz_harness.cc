@@ -1,6 +1,5 @@
 #include "tests/fuzz/session_fuzz_harness.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -34,6 +33,7 @@
 #include "server/devices/idio16.h"
 #include "server/event_loop.h"
 #include "server/session.h"
+#include "tests/fuzz/open_fds.h"
 #include "tests/fuzz/session_fuzz_input.h"
 
 namespace vfio_user {
@@ -54,17 +54,6 @@ bool Tracing() {
     return v != nullptr && v[0] == '1';
   }();
   return on;
-}
-
-int CountOpenFds() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  int n = 0;
-  while (struct dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n - 1;  // the directory's own fd
 }
 
 // Reads operands; past the end everything reads as zero.

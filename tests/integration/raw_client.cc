@@ -8,10 +8,15 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "core/errno_status.h"
 
 namespace vfio_user::testing {
@@ -244,6 +249,23 @@ int CountOpenFds(int pid) {
   }
   ::closedir(d);
   return pid == ::getpid() ? n - 1 : n;  // our own listing holds one fd
+}
+
+long ProcStatusField(int pid, const std::string& key) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    absl::string_view value(line);
+    if (!absl::ConsumePrefix(&value, key) || !absl::ConsumePrefix(&value, ":")) {
+      continue;
+    }
+    value = absl::StripLeadingAsciiWhitespace(value);
+    const size_t digits = value.find_first_not_of("0123456789");
+    long number = -1;
+    if (!absl::SimpleAtoi(value.substr(0, digits), &number)) return -1;
+    return number;
+  }
+  return -1;
 }
 
 }  // namespace vfio_user::testing

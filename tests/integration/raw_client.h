@@ -83,6 +83,10 @@ class RawClient {
 // Number of open fds of process `pid` (/proc/<pid>/fd).
 int CountOpenFds(int pid);
 
+// The number field `key` of /proc/<pid>/status starts with (VmRSS: kB,
+// Threads: a count), or -1 if there is no such field or process.
+long ProcStatusField(int pid, const std::string& key);
+
 }  // namespace vfio_user::testing
 
 #endif  // VFIO_USER_TESTS_INTEGRATION_RAW_CLIENT_H_

@@ -36,7 +36,6 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -205,20 +204,11 @@ struct Sample {
   int threads = 0;
 };
 
-long StatusField(pid_t pid, const std::string& key) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stol(line.substr(key.size() + 1));
-  }
-  return -1;
-}
-
 Sample Measure(pid_t pid) {
   Sample s;
   s.fds = testing::CountOpenFds(pid);
-  s.rss_kb = StatusField(pid, "VmRSS");
-  s.threads = static_cast<int>(StatusField(pid, "Threads"));
+  s.rss_kb = testing::ProcStatusField(pid, "VmRSS");
+  s.threads = static_cast<int>(testing::ProcStatusField(pid, "Threads"));
   return s;
 }
 
