@@ -230,6 +230,15 @@ struct Client::ReplyWaiter {
 
   Link* const link;
   const std::thread::id thread;  // the requester's
+  // The request's id and command once StartOnLink registered it: a reader
+  // that receives this reply claims it (RequestTracker::Claim) instead of
+  // delivering it through the tracker's callback.
+  uint16_t msg_id = 0;
+  uint16_t cmd = 0;
+  bool registered = false;
+  // Where the reader puts the bulk of this request's reply (see
+  // OutgoingRequest::reply_into); `placement.into` empty: nowhere.
+  ReceivePlacement placement;
   bool done = false;
   bool queued = false;  // in link->role_queue
   // Set with `done` (an optional: a default StatusOr costs a Status).
@@ -341,6 +350,12 @@ struct Client::OutgoingRequest {
   absl::Span<const int> fds;
   bool idempotent = false;      // may be re-sent after a reconnect
   uint32_t max_reply_fds = 0;   // more fds in the reply is a violation
+  // Optional: the reply's payload after its first `reply_keep` bytes is
+  // received straight into `reply_into` when it has exactly that size
+  // (Connection::ReceiveInto's placement; the reply then has
+  // payload_placed set). Contents unspecified if the call fails.
+  absl::Span<uint8_t> reply_into;
+  size_t reply_keep = 0;
 };
 
 // Runs the state callback on its own thread, in order.
@@ -1034,6 +1049,7 @@ void Client::ServeServerRequest(Link& link, bool twin, Message& request,
   absl::Mutex& send_mu = twin ? link.twin_send_mu : link.main_send_mu;
 
   absl::Status failure;
+  absl::Status sent_in_place;
   uint8_t access_header[16];
   absl::Span<const uint8_t> data;
   if (!request.fds.empty() || request.fds_truncated) {
@@ -1044,6 +1060,21 @@ void Client::ServeServerRequest(Link& link, bool twin, Message& request,
         DecodeDmaReadRequest(request.payload, limits);
     if (!access.ok()) {
       failure = access.status();
+    } else if (access->count > 0 &&
+               dma_space_.ReadInPlace(
+                   access->address, access->count,
+                   [&](absl::Span<const uint8_t> guest) {
+                     // The reply is gathered from guest memory: no copy.
+                     EncodeDmaAccessHeaderTo(access->address, access->count,
+                                             DmaLayout::kSpec, access_header);
+                     counters_->dma_reads_served.fetch_add(1);
+                     counters_->dma_bytes_read.fetch_add(access->count);
+                     absl::MutexLock lock(&send_mu);
+                     sent_in_place = SendReplyParts(conn, header,
+                                                    access_header, guest);
+                   })) {
+      if (!sent_in_place.ok()) OnLinkLost(&link, sent_in_place);
+      return;
     } else {
       buffer->resize(access->count);
       failure = dma_space_.Read(access->address, absl::MakeSpan(*buffer));
@@ -1128,7 +1159,27 @@ void Client::OnLinkLost(Link* link, const absl::Status& why) {
   link->main->Shutdown();
 }
 
+namespace {
+
+// Largest reply buffer a requester thread keeps for itself (larger ones go
+// back to the link, under its lock).
+constexpr size_t kThreadSparePayloadMax = 64 * 1024;
+
+// The calling thread's spare reply buffer: small replies are received into it
+// and handed back without any lock.
+std::vector<uint8_t>& ThreadSparePayload() {
+  thread_local std::vector<uint8_t> spare;
+  return spare;
+}
+
+}  // namespace
+
 void Client::RecyclePayload(Link& link, std::vector<uint8_t> payload) {
+  if (payload.capacity() <= kThreadSparePayloadMax) {
+    std::vector<uint8_t>& spare = ThreadSparePayload();
+    if (payload.capacity() > spare.capacity()) spare.swap(payload);
+    return;
+  }
   absl::MutexLock lock(&link.io_mu);
   if (payload.capacity() > link.spare_payload.capacity()) {
     link.spare_payload.swap(payload);
@@ -1161,6 +1212,15 @@ absl::Status Client::StartOnLink(Link& link, const OutgoingRequest& req,
         waiter.Deliver(std::move(outcome));
       });
   if (!msg_id.ok()) return msg_id.status();
+  waiter.msg_id = *msg_id;
+  waiter.cmd = static_cast<uint16_t>(req.cmd);
+  waiter.registered = true;
+  if (!req.reply_into.empty()) {
+    waiter.placement.msg_id = *msg_id;
+    waiter.placement.cmd = waiter.cmd;
+    waiter.placement.keep = req.reply_keep;
+    waiter.placement.into = req.reply_into;
+  }
   // `lost` is set before FailAll: a request started after FailAll sees it
   // and is failed here (FinishOnLink then returns at once).
   if (link.lost.load()) {
@@ -1213,6 +1273,9 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
         if (link.requesters_read.load(std::memory_order_acquire)) {
           if (link.reader == nullptr) {
             link.reader = &waiter;  // the role is free: read ourselves
+            if (message.payload.capacity() == 0) {
+              message.payload.swap(ThreadSparePayload());
+            }
             if (message.payload.capacity() < link.spare_payload.capacity()) {
               message.payload.swap(link.spare_payload);
             }
@@ -1235,6 +1298,14 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
         reading = true;
       } else if (waiter.done) {
         if (link.reader == &waiter) link.ReleaseReaderLocked();
+        if (message.payload.capacity() != 0) {
+          // Not handed out (others' replies only): keep the buffer.
+          std::vector<uint8_t>& spare = ThreadSparePayload();
+          if (message.payload.capacity() > spare.capacity() &&
+              message.payload.capacity() <= kThreadSparePayloadMax) {
+            spare.swap(message.payload);
+          }
+        }
         return *std::move(waiter.result);
       } else {
         reading = link.reader == &waiter;
@@ -1249,9 +1320,28 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
     }
     // We hold the reader role: read one message and dispatch it (ours or
     // another requester's reply, or a server request).
-    absl::StatusOr<bool> received = link.main->ReceiveInto(&message, deadline);
+    absl::StatusOr<bool> received = link.main->ReceiveInto(
+        &message, deadline,
+        waiter.done || waiter.placement.into.empty() ? nullptr
+                                                     : &waiter.placement);
     if (received.ok()) {
-      if (*received) HandleIncoming(link, /*twin=*/false, message, &buffer);
+      if (!*received) continue;
+      const Header& h = message.header;
+      if (!waiter.done && waiter.registered && h.msg_id == waiter.msg_id &&
+          h.is_reply() && link.tracker.Claim(h.msg_id, h.cmd)) {
+        // Our own reply: kept where it was received, no callback. As in
+        // ReplyWaiter::Deliver, nobody else looks at `waiter` while we hold
+        // the reader role and run.
+        absl::Status status = ReplyStatus(message);
+        if (status.ok()) {
+          waiter.result.emplace(std::move(message));
+        } else {
+          waiter.result.emplace(std::move(status));
+        }
+        waiter.done = true;
+        continue;
+      }
+      HandleIncoming(link, /*twin=*/false, message, &buffer);
       continue;
     }
     {
@@ -1426,6 +1516,10 @@ absl::Status Client::Read(uint32_t region, uint64_t offset,
     EncodeRegionAccessHeaderTo(offset + done, region, count, request);
     OutgoingRequest out_request{Command::kRegionRead, request};
     out_request.idempotent = true;
+    // The data lands in `out` straight from the socket (no copy through a
+    // reply buffer) when the reader is this thread.
+    out_request.reply_into = out.subspan(done, count);
+    out_request.reply_keep = kRegionAccessHeaderBytes;
     std::shared_ptr<Link> link_used;
     absl::StatusOr<Message> reply =
         Call(out_request, deadline, &link_used, std::move(snapshot.link));
@@ -1458,7 +1552,10 @@ absl::Status Client::TakeReadReply(absl::StatusOr<Message> reply, Link& link,
   if (!reply.ok()) return reply.status();
   const uint32_t count = static_cast<uint32_t>(out.size());
   absl::StatusOr<RegionAccess> access =
-      DecodeRegionReadReply(reply->payload, count);
+      reply->payload_placed
+          // The data is in `out` already: check the access header alone.
+          ? DecodeRegionWriteReply(reply->payload)
+          : DecodeRegionReadReply(reply->payload, count);
   if (!access.ok()) return BadReply("REGION_READ", access.status());
   if (access->count != count || access->offset != offset ||
       access->region != region) {
@@ -1468,7 +1565,9 @@ absl::Status Client::TakeReadReply(absl::StatusOr<Message> reply, Link& link,
         " answers region ", region, " offset 0x", absl::Hex(offset),
         " count ", count));
   }
-  std::memcpy(out.data(), access->data.data(), count);
+  if (!reply->payload_placed) {
+    std::memcpy(out.data(), access->data.data(), count);
+  }
   RecyclePayload(link, std::move(reply->payload));
   return absl::OkStatus();
 }

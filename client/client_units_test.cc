@@ -104,6 +104,41 @@ TEST(DmaSpaceTest, FdBackedRangesUseFileIo) {
   EXPECT_EQ(snapshot[0].region.fd, snapshot[0].fd->get());
 }
 
+TEST(DmaSpaceTest, ReadInPlaceOnlyWithinOneReadableHostRange) {
+  std::vector<uint8_t> a(100, 0xaa), b(50, 0xbb);
+  DmaSpace space;
+  DmaRegion ra;
+  ra.iova = 1000;
+  ra.size = a.size();
+  ra.host = a.data();
+  DmaRegion rb = ra;
+  rb.iova = 1100;
+  rb.size = b.size();
+  rb.host = b.data();
+  rb.prot = kDmaMapFlagWrite;  // the device may not read it
+  ASSERT_OK(space.Add(ra, UniqueFd()));
+  ASSERT_OK(space.Add(rb, UniqueFd()));
+  absl::StatusOr<std::unique_ptr<GuestMemory>> mem = GuestMemory::Create(4096);
+  ASSERT_TRUE(mem.ok()) << mem.status();
+  DmaRegion rf = (*mem)->Region(0x4000);
+  rf.host = nullptr;  // fd only
+  ASSERT_OK(space.Add(rf, UniqueFd(::dup((*mem)->fd()))));
+
+  absl::Span<const uint8_t> seen;
+  auto use = [&seen](absl::Span<const uint8_t> bytes) { seen = bytes; };
+  EXPECT_TRUE(space.ReadInPlace(1010, 90, use));
+  EXPECT_EQ(seen.data(), a.data() + 10);
+  EXPECT_EQ(seen.size(), 90u);
+  seen = {};
+  EXPECT_FALSE(space.ReadInPlace(1010, 91, use));  // runs into `rb`
+  EXPECT_FALSE(space.ReadInPlace(1100, 4, use));   // not readable
+  EXPECT_FALSE(space.ReadInPlace(0x4000, 4, use)); // no host pointer
+  EXPECT_FALSE(space.ReadInPlace(999, 4, use));    // not mapped
+  EXPECT_FALSE(space.ReadInPlace(1000, UINT64_MAX, use));
+  EXPECT_FALSE(space.ReadInPlace(UINT64_MAX, 1, use));
+  EXPECT_TRUE(seen.empty());
+}
+
 TEST(PlanEventfdChunksTest, RunsOfValidOrUnusedCappedByMaxFds) {
   const std::vector<int> fds = {10, 11, 12, 13, -1, -1, 14, -1, 15, 16};
   const std::vector<EventfdChunk> chunks = PlanEventfdChunks(4, fds, 3);

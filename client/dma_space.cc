@@ -197,6 +197,24 @@ absl::Status DmaSpace::Read(uint64_t iova, absl::Span<uint8_t> out) const {
       });
 }
 
+bool DmaSpace::ReadInPlace(
+    uint64_t iova, uint64_t length,
+    absl::FunctionRef<void(absl::Span<const uint8_t>)> use) const {
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = entries_.upper_bound(iova);
+  if (it == entries_.begin()) return false;
+  --it;
+  const DmaRegion& region = it->second.region;
+  const uint64_t offset = iova - region.iova;  // iova >= region.iova here
+  if (region.host == nullptr || (region.prot & kDmaMapFlagRead) == 0 ||
+      length == 0 || offset >= region.size || length > region.size - offset) {
+    return false;
+  }
+  use(absl::Span<const uint8_t>(
+      static_cast<const uint8_t*>(region.host) + offset, length));
+  return true;
+}
+
 absl::Status DmaSpace::Write(uint64_t iova,
                              absl::Span<const uint8_t> data) const {
   absl::ReaderMutexLock lock(&mu_);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
@@ -83,6 +84,14 @@ class DmaSpace {
   // not mapped, EPERM when a range does not allow device reads, EIO when
   // pread fails or comes up short.
   absl::Status Read(uint64_t iova, absl::Span<uint8_t> out) const;
+  // Serves a DMA_READ without copying, when it can: if [iova, iova+length)
+  // lies within one range that allows device reads and has a host pointer,
+  // calls `use` with that memory (under the reader lock, so the range stays
+  // registered until `use` returns) and returns true. Otherwise returns
+  // false without calling it (Read() then serves the request, or reports
+  // why it cannot). REQUIRES: length > 0.
+  bool ReadInPlace(uint64_t iova, uint64_t length,
+                   absl::FunctionRef<void(absl::Span<const uint8_t>)> use) const;
   // Serves a DMA_WRITE: copies `data` into guest memory at iova. EPERM when
   // a range does not allow device writes; otherwise as Read().
   absl::Status Write(uint64_t iova, absl::Span<const uint8_t> data) const;

@@ -314,6 +314,19 @@ TEST_F(HostileRequestTest, ReadReplyForAnotherOffset) {
   ExpectStillWorks();
 }
 
+// The reply has the expected size, so its data is received straight into
+// the caller's buffer; its access header still has to match.
+TEST_F(HostileRequestTest, ReadReplyOfTheRightSizeWithAWrongCount) {
+  EXPECT_ERRNO(ReadWith([](FakeServer::Session& s, Message& r) {
+                 std::vector<uint8_t> payload =
+                     EncodeRegionAccessHeader(0, 2, /*count=*/2);
+                 payload.insert(payload.end(), 4, 7);
+                 s.Send(RawReply(r, payload)).IgnoreError();
+               }),
+               EPROTO);
+  ExpectStillWorks();
+}
+
 TEST_F(HostileRequestTest, ReplyWithFdsIsRejected) {
   EXPECT_ERRNO(ReadWith([](FakeServer::Session& s, Message& r) {
                  Message reply = RawReply(

@@ -212,6 +212,9 @@ struct RegionAccess {
   uint32_t count = 0;
   ByteSpan data;  // WRITE request / READ reply only; points into the payload
 };
+// Size of the access header (offset, region, count) that starts every
+// REGION_READ/REGION_WRITE payload.
+inline constexpr size_t kRegionAccessHeaderBytes = 16;
 // Header-only forms (READ request, WRITE reply):
 Bytes EncodeRegionAccessHeader(uint64_t offset, uint32_t region, uint32_t count);
 // With data (WRITE request, READ reply); count = data.size().

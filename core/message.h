@@ -23,6 +23,10 @@ struct Message {
   // accepts (MSG_CTRUNC): the extras were discarded by the kernel and the
   // message must be failed by whoever handles it (after closing `fds`).
   bool fds_truncated = false;
+  // Set by Connection::ReceiveInto when it wrote the payload's bytes after
+  // the first `keep` into the caller's ReceivePlacement buffer: `payload`
+  // then holds those first bytes only.
+  bool payload_placed = false;
 
   Message() = default;
   Message(Message&&) = default;

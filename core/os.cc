@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace vfio_user {
@@ -13,10 +14,12 @@ class RealOs final : public Os {
   ssize_t SendMsg(int fd, const struct msghdr* msg, int flags) override {
     // A vanished peer must surface as EPIPE, never as a process-killing
     // SIGPIPE.
-    return ::sendmsg(fd, msg, flags | MSG_NOSIGNAL);
+    // Raw syscalls: libc's wrappers are pthread cancellation points, which
+    // costs two calls around every message (we never cancel threads).
+    return ::syscall(SYS_sendmsg, fd, msg, flags | MSG_NOSIGNAL);
   }
   ssize_t RecvMsg(int fd, struct msghdr* msg, int flags) override {
-    return ::recvmsg(fd, msg, flags);
+    return ::syscall(SYS_recvmsg, fd, msg, flags);
   }
   int Poll(struct pollfd* fds, nfds_t nfds, int timeout_ms) override {
     return ::poll(fds, nfds, timeout_ms);

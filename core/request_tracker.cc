@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,30 +12,36 @@
 
 namespace vfio_user {
 
-// One outstanding (or just resolved) request.
+// One outstanding (or just resolved) request. Pooled: see AllocateSlotLocked.
 struct RequestTracker::Slot {
   uint16_t msg_id = 0;
   uint16_t cmd = 0;
   absl::Time deadline;
   Callback callback;  // empty for a blocking request
+  // A blocking request's Pending handle still refers to the slot: it goes
+  // back to the pool only once the handle let go of it (WaitFor, GiveUp).
+  bool handle_alive = false;
   // Written once under the tracker's mutex; then read by the waiter.
   bool resolved = false;
-  absl::StatusOr<Message> result;
+  std::optional<absl::StatusOr<Message>> result;  // blocking requests only
   absl::CondVar resolved_cv;
 };
 
 namespace {
 
 constexpr uint32_t kIdSpace = 1u << 16;
+// Idle slots kept for reuse; more are freed (a burst of thousands of
+// outstanding requests does not pin their slots forever).
+constexpr size_t kMaxPooledSlots = 256;
 
 }  // namespace
 
 // A callback with its argument, run once the tracker's mutex is released.
 struct RequestTracker::Delivery {
   Callback callback;
-  absl::StatusOr<Message> result;
+  std::optional<absl::StatusOr<Message>> result;
   void Run() {
-    if (callback) callback(std::move(result));
+    if (callback) callback(*std::move(result));
   }
 };
 
@@ -44,7 +52,8 @@ RequestTracker::Pending& RequestTracker::Pending::operator=(Pending&& other) {
   if (this != &other) {
     Cancel();
     tracker_ = other.tracker_;
-    slot_ = std::move(other.slot_);
+    slot_ = other.slot_;
+    other.slot_ = nullptr;
   }
   return *this;
 }
@@ -59,16 +68,18 @@ uint16_t RequestTracker::Pending::cmd() const { return slot_ ? slot_->cmd : 0; }
 
 absl::StatusOr<Message> RequestTracker::Pending::Wait(absl::Time deadline) {
   if (!slot_) return ErrnoError(EINVAL, "Wait() on an empty request handle");
-  std::shared_ptr<Slot> slot = std::move(slot_);
+  Slot* slot = slot_;
+  slot_ = nullptr;
   return tracker_->WaitFor(slot, deadline);
 }
 
 void RequestTracker::Pending::Cancel() {
   if (!slot_) return;
-  std::shared_ptr<Slot> slot = std::move(slot_);
-  tracker_->GiveUp(slot, ErrnoError(ECANCELED, absl::StrCat(
-                                                   CommandName(slot->cmd),
-                                                   " request cancelled")));
+  Slot* slot = slot_;
+  slot_ = nullptr;
+  tracker_->GiveUp(slot, ErrnoError(ECANCELED,
+                                    absl::StrCat(CommandName(slot->cmd),
+                                                 " request cancelled")));
 }
 
 // ---------------------------------------------------------------------------
@@ -78,67 +89,98 @@ RequestTracker::RequestTracker(Options options) : options_(options) {}
 
 RequestTracker::~RequestTracker() {
   FailAll(ErrnoError(ECANCELED, "request tracker destroyed"));
+  absl::MutexLock lock(&mu_);
+  for (Slot* slot : free_slots_) delete slot;
+  free_slots_.clear();
+}
+
+RequestTracker::Slot* RequestTracker::AllocateSlotLocked() {
+  if (free_slots_.empty()) return new Slot();
+  Slot* slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
+}
+
+void RequestTracker::RecycleSlotLocked(Slot* slot) {
+  if (free_slots_.size() >= kMaxPooledSlots) {
+    delete slot;
+    return;
+  }
+  slot->callback = nullptr;
+  slot->result.reset();
+  slot->handle_alive = false;
+  slot->resolved = false;
+  free_slots_.push_back(slot);
 }
 
 absl::StatusOr<RequestTracker::Pending> RequestTracker::Start(
     Command cmd, absl::Time deadline) {
-  absl::StatusOr<std::shared_ptr<Slot>> slot =
-      Register(static_cast<uint16_t>(cmd), deadline, Callback());
+  absl::StatusOr<Slot*> slot = Register(static_cast<uint16_t>(cmd), deadline,
+                                        Callback(), /*blocking=*/true);
   if (!slot.ok()) return slot.status();
-  return Pending(this, *std::move(slot));
+  return Pending(this, *slot);
 }
 
 absl::StatusOr<uint16_t> RequestTracker::StartAsync(Command cmd,
                                                     absl::Time deadline,
                                                     Callback done) {
   if (!done) return ErrnoError(EINVAL, "StartAsync() needs a callback");
-  absl::StatusOr<std::shared_ptr<Slot>> slot =
-      Register(static_cast<uint16_t>(cmd), deadline, std::move(done));
+  absl::StatusOr<Slot*> slot = Register(static_cast<uint16_t>(cmd), deadline,
+                                        std::move(done), /*blocking=*/false);
   if (!slot.ok()) return slot.status();
   return (*slot)->msg_id;
 }
 
-absl::StatusOr<std::shared_ptr<RequestTracker::Slot>> RequestTracker::Register(
-    uint16_t cmd, absl::Time deadline, Callback done) {
+absl::StatusOr<RequestTracker::Slot*> RequestTracker::Register(
+    uint16_t cmd, absl::Time deadline, Callback done, bool blocking) {
   absl::MutexLock lock(&mu_);
   if (outstanding_.size() + abandoned_.size() >= kIdSpace) {
     return ErrnoError(EAGAIN, "every msg_id is in use");
   }
-  // Some id is free (checked above): find the next one in cyclic order.
+  // Some id is free (checked above): take the next one in cyclic order
+  // (one hash operation per id tried).
   uint16_t id = next_id_;
-  while (outstanding_.contains(id) ||
-         (!abandoned_.empty() && abandoned_.contains(id))) {
-    ++id;
+  Slot** entry = nullptr;
+  for (;; ++id) {
+    if (!abandoned_.empty() && abandoned_.contains(id)) continue;
+    auto [it, inserted] = outstanding_.try_emplace(id, nullptr);
+    if (inserted) {
+      entry = &it->second;
+      break;
+    }
   }
   next_id_ = static_cast<uint16_t>(id + 1);
 
-  auto slot = std::make_shared<Slot>();
+  Slot* slot = AllocateSlotLocked();
   slot->msg_id = id;
   slot->cmd = cmd;
   slot->deadline = deadline;
   slot->callback = std::move(done);
-  outstanding_.emplace(id, slot);
+  slot->handle_alive = blocking;
+  *entry = slot;
   ++stats_.started;
   return slot;
 }
 
 RequestTracker::Delivery RequestTracker::ResolveLocked(
-    const std::shared_ptr<Slot>& slot, absl::StatusOr<Message> result) {
+    Slot* slot, absl::StatusOr<Message> result) {
   auto it = outstanding_.find(slot->msg_id);
   if (it != outstanding_.end() && it->second == slot) outstanding_.erase(it);
-  return FinishLocked(*slot, std::move(result));
+  return FinishLocked(slot, std::move(result));
 }
 
 RequestTracker::Delivery RequestTracker::FinishLocked(
-    Slot& slot, absl::StatusOr<Message> result) {
-  slot.resolved = true;
+    Slot* slot, absl::StatusOr<Message> result) {
+  slot->resolved = true;
   Delivery delivery;
-  if (slot.callback) {
-    delivery.callback = std::move(slot.callback);
-    delivery.result = std::move(result);
+  if (slot->callback) {
+    delivery.callback = std::move(slot->callback);
+    delivery.result.emplace(std::move(result));
+    RecycleSlotLocked(slot);
   } else {
-    slot.result = std::move(result);
-    slot.resolved_cv.SignalAll();
+    slot->result.emplace(std::move(result));
+    slot->resolved_cv.SignalAll();
+    if (!slot->handle_alive) RecycleSlotLocked(slot);
   }
   return delivery;
 }
@@ -170,20 +212,23 @@ bool RequestTracker::IsLiveAbandonmentLocked(
   return it != abandoned_.end() && it->second == entry.second;
 }
 
-void RequestTracker::GiveUp(const std::shared_ptr<Slot>& slot,
-                            absl::Status failure) {
+void RequestTracker::GiveUp(Slot* slot, absl::Status failure) {
   Delivery delivery;
   {
     absl::MutexLock lock(&mu_);
-    if (slot->resolved) return;
+    slot->handle_alive = false;  // only Pending handles give up
+    if (slot->resolved) {
+      RecycleSlotLocked(slot);
+      return;
+    }
     AbandonLocked(slot->msg_id);
-    delivery = ResolveLocked(slot, std::move(failure));
+    delivery = ResolveLocked(slot, std::move(failure));  // recycles it
   }
   delivery.Run();
 }
 
-absl::StatusOr<Message> RequestTracker::WaitFor(
-    const std::shared_ptr<Slot>& slot, absl::Time deadline) {
+absl::StatusOr<Message> RequestTracker::WaitFor(Slot* slot,
+                                                absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   const absl::Time until = std::min(deadline, slot->deadline);
   while (!slot->resolved) {
@@ -197,7 +242,22 @@ absl::StatusOr<Message> RequestTracker::WaitFor(
                                                   " timed out")));
     }
   }
-  return std::move(slot->result);
+  absl::StatusOr<Message> result = *std::move(slot->result);
+  slot->handle_alive = false;
+  RecycleSlotLocked(slot);
+  return result;
+}
+
+bool RequestTracker::Claim(uint16_t msg_id, uint16_t cmd) {
+  absl::MutexLock lock(&mu_);
+  auto it = outstanding_.find(msg_id);
+  if (it == outstanding_.end()) return false;
+  Slot* slot = it->second;
+  if (slot->cmd != cmd || !slot->callback) return false;
+  outstanding_.erase(it);
+  ++stats_.delivered;
+  RecycleSlotLocked(slot);  // drops the callback unrun
+  return true;
 }
 
 absl::Status RequestTracker::Complete(Message reply) {
@@ -223,26 +283,21 @@ absl::Status RequestTracker::Complete(Message reply) {
       ++stats_.late_dropped;  // its requester gave up; the id is free again
       late = true;
     } else {
-      if (it->second->cmd != h.cmd) {
+      Slot* slot = it->second;
+      if (slot->cmd != h.cmd) {
         ++stats_.unexpected;
         return ErrnoError(EPROTO, absl::StrCat("reply ", h.msg_id, " is for ",
                                                CommandName(h.cmd),
                                                " but the request was ",
-                                               CommandName(it->second->cmd)));
+                                               CommandName(slot->cmd)));
       }
       ++stats_.delivered;
-      // Take the slot out (one lookup); it stays alive through `slot`.
-      const std::shared_ptr<Slot> slot = std::move(it->second);
-      outstanding_.erase(it);
-      if (h.is_error()) {
-        // Any payload (lvu sends some) is dropped.
-        delivery = FinishLocked(*slot, ErrorFromReply(h));
-      } else if (reply.fds_truncated) {
-        delivery = FinishLocked(
-            *slot, ErrnoError(EINVAL, absl::StrCat(CommandName(h.cmd),
-                                                   " reply carried too many fds")));
+      outstanding_.erase(it);  // one lookup
+      absl::Status status = ReplyStatus(reply);
+      if (status.ok()) {
+        delivery = FinishLocked(slot, std::move(reply));
       } else {
-        delivery = FinishLocked(*slot, std::move(reply));
+        delivery = FinishLocked(slot, std::move(status));
       }
     }
   }
@@ -260,17 +315,16 @@ void RequestTracker::ExpireOverdue(absl::Time now) {
   std::vector<Delivery> deliveries;
   {
     absl::MutexLock lock(&mu_);
-    std::vector<std::shared_ptr<Slot>> overdue;
+    std::vector<Slot*> overdue;
     for (const auto& [id, slot] : outstanding_) {
       if (slot->deadline <= now) overdue.push_back(slot);
     }
-    for (const std::shared_ptr<Slot>& slot : overdue) {
+    for (Slot* slot : overdue) {
       ++stats_.timed_out;
       AbandonLocked(slot->msg_id);
-      deliveries.push_back(ResolveLocked(
-          slot, ErrnoError(ETIMEDOUT, absl::StrCat(CommandName(slot->cmd),
-                                                   " request ", slot->msg_id,
-                                                   " timed out"))));
+      const std::string what = absl::StrCat(
+          CommandName(slot->cmd), " request ", slot->msg_id, " timed out");
+      deliveries.push_back(ResolveLocked(slot, ErrnoError(ETIMEDOUT, what)));
     }
   }
   for (Delivery& delivery : deliveries) delivery.Run();
@@ -292,10 +346,10 @@ void RequestTracker::FailAll(const absl::Status& status) {
   std::vector<Delivery> deliveries;
   {
     absl::MutexLock lock(&mu_);
-    std::vector<std::shared_ptr<Slot>> all;
+    std::vector<Slot*> all;
     all.reserve(outstanding_.size());
     for (const auto& [id, slot] : outstanding_) all.push_back(slot);
-    for (const std::shared_ptr<Slot>& slot : all) {
+    for (Slot* slot : all) {
       deliveries.push_back(ResolveLocked(slot, failure));
     }
     abandoned_.clear();
@@ -316,6 +370,16 @@ RequestTracker::Stats RequestTracker::stats() const {
 
 // ---------------------------------------------------------------------------
 // Free functions
+
+absl::Status ReplyStatus(const Message& reply) {
+  // An error reply's payload (libvfio-user sends some) is ignored.
+  if (reply.header.is_error()) return ErrorFromReply(reply.header);
+  if (reply.fds_truncated) {
+    return ErrnoError(EINVAL, absl::StrCat(CommandName(reply.header.cmd),
+                                           " reply carried too many fds"));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ErrorFromReply(const Header& reply) {
   const int err = SanitizePeerErrno(reply.error);

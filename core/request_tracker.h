@@ -75,7 +75,10 @@ class RequestTracker {
   // REQUIRES: it does not outlive its tracker.
   class Pending {
    public:
-    Pending(Pending&&) = default;
+    Pending(Pending&& other) noexcept
+        : tracker_(other.tracker_), slot_(other.slot_) {
+      other.slot_ = nullptr;
+    }
     Pending& operator=(Pending&& other);
     Pending(const Pending&) = delete;
     Pending& operator=(const Pending&) = delete;
@@ -95,10 +98,11 @@ class RequestTracker {
 
    private:
     friend class RequestTracker;
-    Pending(RequestTracker* tracker, std::shared_ptr<Slot> slot)
-        : tracker_(tracker), slot_(std::move(slot)) {}
+    Pending(RequestTracker* tracker, Slot* slot)
+        : tracker_(tracker), slot_(slot) {}
     RequestTracker* tracker_ = nullptr;
-    std::shared_ptr<Slot> slot_;  // null once moved from or waited on
+    // Held (see Slot::handle_alive) until waited on, cancelled or moved from.
+    Slot* slot_ = nullptr;
   };
 
   RequestTracker() : RequestTracker(Options()) {}
@@ -116,6 +120,15 @@ class RequestTracker {
   // run.
   absl::StatusOr<uint16_t> StartAsync(Command cmd, absl::Time deadline,
                                       Callback done);
+
+  // For a requester that read its own reply: when request `msg_id` is
+  // outstanding for `cmd`, takes it out WITHOUT running its callback (the
+  // caller keeps the reply it holds) and returns true. Returns false, and
+  // changes nothing, when it is not outstanding (already resolved: then the
+  // reply must go to Complete(), which drops it as late) or was for another
+  // command (Complete() reports that). Error replies and truncated fds are
+  // the caller's to interpret (see ReplyStatus()).
+  bool Claim(uint16_t msg_id, uint16_t cmd);
 
   // Hands a received reply to its requester. OK when it was delivered or
   // dropped as the late reply of an abandoned request. Fails (EPROTO) when
@@ -138,36 +151,39 @@ class RequestTracker {
   Stats stats() const;
 
  private:
-  absl::StatusOr<std::shared_ptr<Slot>> Register(uint16_t cmd,
-                                                 absl::Time deadline,
-                                                 Callback done)
+  absl::StatusOr<Slot*> Register(uint16_t cmd, absl::Time deadline,
+                                 Callback done, bool blocking)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Removes `slot` from the outstanding set and hands it `result`: stored
   // for a blocking waiter (woken), or returned with the callback to run once
   // the mutex is released.
-  Delivery ResolveLocked(const std::shared_ptr<Slot>& slot,
-                         absl::StatusOr<Message> result)
+  Delivery ResolveLocked(Slot* slot, absl::StatusOr<Message> result)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The second half of ResolveLocked, for a slot already taken out of
-  // outstanding_ (Complete's hot path: one hash lookup per reply).
-  Delivery FinishLocked(Slot& slot, absl::StatusOr<Message> result)
+  // outstanding_ (Complete's hot path: one hash lookup per reply). An async
+  // slot goes back to the pool here.
+  Delivery FinishLocked(Slot* slot, absl::StatusOr<Message> result)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Slots are pooled: registering a request allocates nothing once the pool
+  // holds as many slots as were ever outstanding at once (capped).
+  Slot* AllocateSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecycleSlotLocked(Slot* slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AbandonLocked(uint16_t msg_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True if the abandoned_fifo_ `entry` still describes a remembered id.
   bool IsLiveAbandonmentLocked(const std::pair<uint16_t, uint64_t>& entry)
       const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Resolves `slot` with `failure` if it is still outstanding, abandoning
   // its id.
-  void GiveUp(const std::shared_ptr<Slot>& slot, absl::Status failure)
-      ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<Message> WaitFor(const std::shared_ptr<Slot>& slot,
-                                  absl::Time deadline)
+  // Both end a Pending handle's hold on `slot`.
+  void GiveUp(Slot* slot, absl::Status failure) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<Message> WaitFor(Slot* slot, absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   const Options options_;
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<uint16_t, std::shared_ptr<Slot>> outstanding_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint16_t, Slot*> outstanding_ ABSL_GUARDED_BY(mu_);
+  // Idle slots, at most kMaxPooledSlots (owned; deleted by the destructor).
+  std::vector<Slot*> free_slots_ ABSL_GUARDED_BY(mu_);
   // Abandoned id -> the sequence number of its abandonment; the FIFO of
   // (id, sequence) bounds the set (stale FIFO entries are skipped).
   absl::flat_hash_map<uint16_t, uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
@@ -177,6 +193,10 @@ class RequestTracker {
   uint16_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
+
+// What a reply means for its requester: OK, the error of an error reply
+// (ErrorFromReply), or EINVAL when its fds were truncated.
+absl::Status ReplyStatus(const Message& reply);
 
 // The error a requester sees for an error reply: ErrnoError with the peer's
 // errno (sanitized), naming the command.

@@ -429,6 +429,112 @@ TEST(RequestTrackerTest, ConcurrentWaitersOverARealConnection) {
 
 // ---- Replying side ----
 
+TEST(RequestTrackerTest, ClaimTakesAnAsyncRequestWithoutItsCallback) {
+  RequestTracker tracker;
+  int callbacks = 0;
+  auto on_done = [&callbacks](absl::StatusOr<Message>) { ++callbacks; };
+  absl::StatusOr<uint16_t> id =
+      tracker.StartAsync(Command::kRegionRead, absl::InfiniteFuture(), on_done);
+  ASSERT_TRUE(id.ok());
+  // Another command with the same id is not ours: nothing changes.
+  EXPECT_FALSE(tracker.Claim(*id, static_cast<uint16_t>(Command::kRegionWrite)));
+  EXPECT_EQ(tracker.outstanding(), 1u);
+  EXPECT_TRUE(tracker.Claim(*id, static_cast<uint16_t>(Command::kRegionRead)));
+  EXPECT_EQ(tracker.outstanding(), 0u);
+  EXPECT_EQ(callbacks, 0);  // the claimer has the reply
+  EXPECT_EQ(tracker.stats().delivered, 1u);
+  // Claimed once: a second claim (or a duplicate reply) finds nothing.
+  EXPECT_FALSE(tracker.Claim(*id, static_cast<uint16_t>(Command::kRegionRead)));
+  EXPECT_EQ(ErrnoOf(tracker.Complete(Reply(*id, Command::kRegionRead, {}))),
+            EPROTO);
+  EXPECT_EQ(callbacks, 0);
+}
+
+TEST(RequestTrackerTest, ClaimLeavesBlockingAndResolvedRequestsAlone) {
+  RequestTracker tracker;
+  auto blocking = tracker.Start(Command::kDeviceGetInfo);
+  ASSERT_TRUE(blocking.ok());
+  // A blocking waiter is woken only through Complete().
+  EXPECT_FALSE(tracker.Claim(blocking->msg_id(),
+                             static_cast<uint16_t>(Command::kDeviceGetInfo)));
+  ASSERT_TRUE(tracker
+                  .Complete(Reply(blocking->msg_id(), Command::kDeviceGetInfo,
+                                  Pattern(8, 1)))
+                  .ok());
+  EXPECT_TRUE(blocking->Wait().ok());
+
+  // Timed out (abandoned): the claimer must hand the late reply to
+  // Complete(), which drops it.
+  std::optional<absl::Status> outcome;
+  absl::StatusOr<uint16_t> id = tracker.StartAsync(
+      Command::kRegionRead, kPast,
+      [&outcome](absl::StatusOr<Message> m) { outcome = m.status(); });
+  ASSERT_TRUE(id.ok());
+  tracker.ExpireOverdue(absl::Now());
+  ASSERT_TRUE(outcome.has_value());
+  EXPECT_EQ(ErrnoOf(*outcome), ETIMEDOUT);
+  EXPECT_FALSE(tracker.Claim(*id, static_cast<uint16_t>(Command::kRegionRead)));
+  EXPECT_TRUE(tracker.Complete(Reply(*id, Command::kRegionRead, {})).ok());
+  EXPECT_EQ(tracker.stats().late_dropped, 1u);
+}
+
+TEST(RequestTrackerTest, ReplyStatusReadsErrorsAndTruncatedFds) {
+  EXPECT_TRUE(ReplyStatus(Reply(1, Command::kRegionRead, Pattern(4, 1))).ok());
+  EXPECT_EQ(ErrnoOf(ReplyStatus(ErrorReply(1, Command::kRegionRead, EACCES))),
+            EACCES);
+  Message truncated = Reply(1, Command::kRegionRead, {});
+  truncated.fds_truncated = true;
+  EXPECT_EQ(ErrnoOf(ReplyStatus(truncated)), EINVAL);
+}
+
+// Slots are pooled: many generations of requests of every kind (blocking
+// waited, blocking cancelled, async completed, async expired, async
+// claimed, failed all at once) reuse them without mixing up their state.
+TEST(RequestTrackerTest, PooledSlotsStartCleanEveryGeneration) {
+  RequestTracker tracker;
+  for (int round = 0; round < 300; ++round) {
+    auto waited = tracker.Start(Command::kDeviceGetInfo);
+    auto cancelled = tracker.Start(Command::kDeviceGetInfo);
+    ASSERT_TRUE(waited.ok() && cancelled.ok());
+    std::vector<absl::Status> async_results;
+    auto record = [&async_results](absl::StatusOr<Message> m) {
+      async_results.push_back(m.status());
+    };
+    absl::StatusOr<uint16_t> completed =
+        tracker.StartAsync(Command::kRegionRead, absl::InfiniteFuture(), record);
+    absl::StatusOr<uint16_t> expired =
+        tracker.StartAsync(Command::kRegionRead, kPast, record);
+    absl::StatusOr<uint16_t> claimed =
+        tracker.StartAsync(Command::kRegionWrite, absl::InfiniteFuture(), record);
+    absl::StatusOr<uint16_t> failed =
+        tracker.StartAsync(Command::kRegionWrite, absl::InfiniteFuture(), record);
+    ASSERT_TRUE(completed.ok() && expired.ok() && claimed.ok() && failed.ok());
+
+    ASSERT_TRUE(tracker
+                    .Complete(Reply(waited->msg_id(), Command::kDeviceGetInfo,
+                                    Pattern(8, round)))
+                    .ok());
+    cancelled->Cancel();
+    ASSERT_TRUE(
+        tracker.Complete(Reply(*completed, Command::kRegionRead, {})).ok());
+    tracker.ExpireOverdue(absl::Now());
+    EXPECT_TRUE(
+        tracker.Claim(*claimed, static_cast<uint16_t>(Command::kRegionWrite)));
+    // The abandoned ids of `cancelled` and `expired` go back into
+    // circulation with FailAll.
+    tracker.FailAll(ErrnoError(ECONNRESET, "gone"));
+
+    absl::StatusOr<Message> got = waited->Wait();
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(got->payload, Pattern(8, round));
+    ASSERT_EQ(async_results.size(), 3u);  // completed, expired, failed
+    EXPECT_TRUE(async_results[0].ok());
+    EXPECT_EQ(ErrnoOf(async_results[1]), ETIMEDOUT);
+    EXPECT_EQ(ErrnoOf(async_results[2]), ECONNRESET);
+    EXPECT_EQ(tracker.outstanding(), 0u);
+  }
+}
+
 TEST(SendReplyTest, SuccessErrorAndNoReply) {
   TransportOptions nonblocking;
   nonblocking.nonblocking = true;

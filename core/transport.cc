@@ -263,7 +263,17 @@ absl::StatusOr<std::optional<Message>> Connection::Receive() {
 }
 
 absl::StatusOr<bool> Connection::ReceiveInto(
-    Message* msg, std::optional<absl::Time> deadline_override) {
+    Message* msg, std::optional<absl::Time> deadline_override,
+    const ReceivePlacement* placement) {
+  absl::StatusOr<bool> got = ReceiveIntoImpl(msg, deadline_override, placement);
+  // The caller's buffer is only ours during the call.
+  if (!in_place_.empty()) DetachPlacement();
+  return got;
+}
+
+absl::StatusOr<bool> Connection::ReceiveIntoImpl(
+    Message* msg, std::optional<absl::Time> deadline_override,
+    const ReceivePlacement* placement) {
   if (!receive_error_.ok()) return receive_error_;
   // Waits in blocking mode, and in non-blocking mode when given a deadline.
   const bool wait = !options_.nonblocking || deadline_override.has_value();
@@ -278,7 +288,7 @@ absl::StatusOr<bool> Connection::ReceiveInto(
     }
   }
   for (;;) {
-    absl::StatusOr<bool> ready = TakeBufferedMessage(msg);
+    absl::StatusOr<bool> ready = TakeBufferedMessage(msg, placement);
     if (!ready.ok()) {
       receive_error_ = ready.status();
       return receive_error_;
@@ -361,7 +371,8 @@ bool Connection::InputDrained() const {
 
 bool Connection::HasBufferedMessage() const {
   if (in_large_.has_value()) {
-    return in_large_filled_ == in_large_->payload.size();
+    return in_large_filled_ == (in_place_.empty() ? in_large_->payload.size()
+                                                  : in_place_.size());
   }
   const size_t buffered = in_end_ - in_start_;
   if (buffered < kHeaderSize) return false;
@@ -371,10 +382,32 @@ bool Connection::HasBufferedMessage() const {
   return buffered >= msg_size;
 }
 
-absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
+absl::Span<uint8_t> Connection::LargeDestination() {
+  return in_place_.empty() ? absl::MakeSpan(in_large_->payload) : in_place_;
+}
+
+uint64_t Connection::LargeDestinationOffset() const {
+  return in_large_offset_ + kHeaderSize +
+         (in_place_.empty() ? 0 : in_large_->payload.size());
+}
+
+void Connection::DetachPlacement() {
+  std::vector<uint8_t>& payload = in_large_->payload;
+  const size_t keep = payload.size();
+  payload.resize(keep + in_place_.size());
+  std::memcpy(payload.data() + keep, in_place_.data(), in_large_filled_);
+  in_large_filled_ += keep;
+  in_large_->payload_placed = false;
+  in_place_ = {};
+}
+
+absl::StatusOr<bool> Connection::TakeBufferedMessage(
+    Message* out, const ReceivePlacement* placement) {
   if (in_large_.has_value()) {
-    if (in_large_filled_ < in_large_->payload.size()) return false;
+    if (in_large_filled_ < LargeDestination().size()) return false;
     *out = std::move(*in_large_);
+    out->payload_placed = !in_place_.empty();
+    in_place_ = {};
     in_large_.reset();
     const uint64_t end = in_large_offset_ + out->header.msg_size;
     AttachReceivedFds(end, out);
@@ -394,6 +427,37 @@ absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
   }
   const uint64_t msg_offset = in_buf_offset_ + in_start_;
   const size_t msg_size = header->msg_size;
+
+  if (placement != nullptr && !placement->into.empty() &&
+      header->msg_id == placement->msg_id && header->cmd == placement->cmd &&
+      header->is_reply() && !header->is_error() &&
+      msg_size == kHeaderSize + placement->keep + placement->into.size()) {
+    const size_t head = kHeaderSize + placement->keep;
+    if (buffered < head) return false;  // read on into the buffer
+    out->header = *header;
+    out->payload.assign(bytes.begin() + kHeaderSize, bytes.begin() + head);
+    out->fds.clear();
+    out->fds_truncated = false;
+    out->payload_placed = true;
+    const size_t have = std::min(buffered, msg_size) - head;
+    std::memcpy(placement->into.data(), bytes.data() + head, have);
+    if (have == placement->into.size()) {
+      ConsumeInput(msg_size);
+      AttachReceivedFds(msg_offset + msg_size, out);
+      return true;
+    }
+    // The rest is received straight into the caller's buffer. All that is
+    // buffered belongs to this message (buffered < msg_size).
+    ConsumeInput(buffered);
+    Message partial;
+    partial.header = *header;
+    partial.payload = std::move(out->payload);
+    in_large_ = std::move(partial);
+    in_large_filled_ = have;
+    in_large_offset_ = msg_offset;
+    in_place_ = placement->into;
+    return false;
+  }
 
   if (msg_size > in_buf_size_) {
     // Larger than the read-ahead buffer: the rest of it is received straight
@@ -420,6 +484,7 @@ absl::StatusOr<bool> Connection::TakeBufferedMessage(Message* out) {
   out->payload.assign(bytes.begin() + kHeaderSize, bytes.begin() + msg_size);
   out->fds.clear();
   out->fds_truncated = false;
+  out->payload_placed = false;
   ConsumeInput(msg_size);
   AttachReceivedFds(msg_offset + msg_size, out);
   return true;
@@ -439,8 +504,8 @@ bool Connection::HasPartialInput() const {
 
 absl::Span<uint8_t> Connection::NextReadWindow(uint64_t* stream_offset) {
   if (in_large_.has_value()) {
-    *stream_offset = in_large_offset_ + kHeaderSize + in_large_filled_;
-    return absl::MakeSpan(in_large_->payload).subspan(in_large_filled_);
+    *stream_offset = LargeDestinationOffset() + in_large_filled_;
+    return LargeDestination().subspan(in_large_filled_);
   }
   if (in_buf_ == nullptr) {
     // Not value-initialized: pages the socket never writes into stay

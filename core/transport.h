@@ -77,6 +77,16 @@ struct TransportOptions {
   bool nonblocking = false;
 };
 
+// An expected message whose payload bulk the receiver wants in its own
+// buffer (Connection::ReceiveInto): a reply (Type=reply, no error) with
+// this msg_id and cmd whose payload is exactly `keep` + into.size() bytes.
+struct ReceivePlacement {
+  uint16_t msg_id = 0;
+  uint16_t cmd = 0;
+  size_t keep = 0;           // leading payload bytes left in Message::payload
+  absl::Span<uint8_t> into;  // where the rest goes; must not be empty
+};
+
 class Connection {
  public:
   // Read-ahead buffer size: a recvmsg asks for this much, so a burst of small
@@ -160,8 +170,21 @@ class Connection {
   // this one call wait for a whole message up to it (a helper thread
   // reading a reply synchronously): one recvmsg() if the fd itself is
   // blocking, poll() + recvmsg() otherwise. Same errors as Receive().
+  //
+  // `placement`, if given, names a message the caller expects (a reply it
+  // is waiting for, of a known size) and a buffer of its own for the bulk
+  // of its payload: when the next message is that one, its payload bytes
+  // after the first `keep` are written straight into `into` -- received
+  // there by recvmsg() when they are not read ahead yet -- instead of
+  // msg->payload, and msg->payload_placed is set (msg->payload then holds
+  // the first `keep` bytes only). Any other message is received as usual.
+  // `into` is only used during this call: if it returns without the placed
+  // message complete, what was placed is copied back into the connection,
+  // and the message completes later as an ordinary one. The contents of
+  // `into` are unspecified unless this call returned that message.
   absl::StatusOr<bool> ReceiveInto(
-      Message* msg, std::optional<absl::Time> deadline = std::nullopt);
+      Message* msg, std::optional<absl::Time> deadline = std::nullopt,
+      const ReceivePlacement* placement = nullptr);
 
   // Non-blocking mode: true when the last recvmsg() returned less than it
   // asked for (the socket was empty then) and no whole message is buffered.
@@ -219,9 +242,21 @@ class Connection {
   class OutputCursor;
 
   // ---- Receiving (receiving thread only) ----
-  // Moves one whole buffered message into *msg, if there is one (true).
+  absl::StatusOr<bool> ReceiveIntoImpl(Message* msg,
+                                       std::optional<absl::Time> deadline,
+                                       const ReceivePlacement* placement);
+  // Moves one whole buffered message into *msg, if there is one (true);
+  // places the expected message's payload (see ReceiveInto).
   // Fails (framing error) when the next header is invalid.
-  absl::StatusOr<bool> TakeBufferedMessage(Message* msg);
+  absl::StatusOr<bool> TakeBufferedMessage(Message* msg,
+                                           const ReceivePlacement* placement);
+  // Where the rest of in_large_ goes: in_place_ while placing, else its own
+  // payload; and the stream offset of the destination's first byte.
+  absl::Span<uint8_t> LargeDestination();
+  uint64_t LargeDestinationOffset() const;
+  // Ends placing before the caller's buffer goes away: the placed bytes are
+  // copied into in_large_'s own payload, which receives the rest.
+  void DetachPlacement();
   // Blocking mode: makes SO_RCVTIMEO a slice of the time left before
   // `deadline` (at most kReceiveSlice, so it rarely changes), so that a
   // blocking recvmsg() both waits and reads (one syscall) yet never waits
@@ -297,6 +332,10 @@ class Connection {
   std::optional<Message> in_large_;  // large message being received
   size_t in_large_filled_ = 0;       // payload bytes of in_large_ received
   uint64_t in_large_offset_ = 0;     // stream offset of its header
+  // Non-empty while placing (ReceiveInto's `placement`): in_large_ then
+  // holds the header and the first `keep` payload bytes, the rest of the
+  // payload goes here (in_large_filled_ counts the bytes placed).
+  absl::Span<uint8_t> in_place_;
   std::vector<uint64_t> in_control_;  // recvmsg control buffer (aligned)
   absl::Status receive_error_;        // sticky: framing error, EOF, reset
   bool last_read_short_ = false;      // the last recvmsg did not fill its window

@@ -10,8 +10,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -763,6 +766,204 @@ TEST_F(UnixPathTest, ConnectToNothingFails) {
   EXPECT_EQ(ErrnoOf(ConnectUnix(path_).status()), ENOENT);
   MakeStaleSocket(path_);
   EXPECT_EQ(ErrnoOf(ConnectUnix(path_).status()), ECONNREFUSED);
+}
+
+
+// ---- ReceivePlacement ----
+
+// The bytes of a reply (msg_id, cmd) with `head` then `data` as payload.
+std::vector<uint8_t> ReplyBytes(uint16_t msg_id, Command cmd,
+                                const std::vector<uint8_t>& head,
+                                const std::vector<uint8_t>& data,
+                                uint32_t extra_flags = 0) {
+  Header h;
+  h.msg_id = msg_id;
+  h.cmd = static_cast<uint16_t>(cmd);
+  h.flags = kFlagsTypeReply | extra_flags;
+  h.msg_size = static_cast<uint32_t>(kHeaderSize + head.size() + data.size());
+  std::vector<uint8_t> bytes = HeaderBytes(h);
+  bytes.insert(bytes.end(), head.begin(), head.end());
+  bytes.insert(bytes.end(), data.begin(), data.end());
+  return bytes;
+}
+
+ReceivePlacement PlaceReply(uint16_t msg_id, Command cmd, size_t keep,
+                            std::vector<uint8_t>& into) {
+  ReceivePlacement p;
+  p.msg_id = msg_id;
+  p.cmd = static_cast<uint16_t>(cmd);
+  p.keep = keep;
+  p.into = absl::MakeSpan(into);
+  return p;
+}
+
+TEST(TransportPlacementTest, SmallReplyIsPlacedAndOthersAreNot) {
+  ConnectionPair pair = MakeConnectionPair();
+  const std::vector<uint8_t> head = Pattern(16, 1);
+  const std::vector<uint8_t> data = Pattern(100, 2);
+  // Another message first (read ahead with ours in one recvmsg).
+  std::vector<uint8_t> stream =
+      ReplyBytes(6, Command::kRegionRead, head, data);
+  const std::vector<uint8_t> ours =
+      ReplyBytes(7, Command::kRegionRead, head, data);
+  stream.insert(stream.end(), ours.begin(), ours.end());
+  ASSERT_TRUE(pair.a->SendFramed(stream).ok());
+
+  std::vector<uint8_t> into(100, 0);
+  const ReceivePlacement place = PlaceReply(7, Command::kRegionRead, 16, into);
+  Message msg;
+  ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+  EXPECT_EQ(msg.header.msg_id, 6);
+  EXPECT_FALSE(msg.payload_placed);
+  EXPECT_EQ(msg.payload.size(), 116u);
+  EXPECT_EQ(into, std::vector<uint8_t>(100, 0));  // untouched
+
+  ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+  EXPECT_EQ(msg.header.msg_id, 7);
+  EXPECT_TRUE(msg.payload_placed);
+  EXPECT_EQ(msg.payload, head);
+  EXPECT_EQ(into, data);
+  EXPECT_FALSE(pair.b->HasBufferedInput());
+}
+
+TEST(TransportPlacementTest, OnlyAnExactSuccessReplyIsPlaced) {
+  ConnectionPair pair = MakeConnectionPair();
+  const std::vector<uint8_t> head = Pattern(16, 1);
+  std::vector<uint8_t> into(64, 0);
+  const ReceivePlacement place = PlaceReply(9, Command::kRegionRead, 16, into);
+  struct Case {
+    const char* what;
+    std::vector<uint8_t> bytes;
+  };
+  const std::vector<Case> cases = {
+      {"shorter", ReplyBytes(9, Command::kRegionRead, head, Pattern(63, 3))},
+      {"longer", ReplyBytes(9, Command::kRegionRead, head, Pattern(65, 3))},
+      {"other cmd", ReplyBytes(9, Command::kRegionWrite, head, Pattern(64, 3))},
+      {"error", ReplyBytes(9, Command::kRegionRead, head, Pattern(64, 3),
+                           kFlagsError)},
+      {"command", [&] {
+         std::vector<uint8_t> b =
+             HeaderBytes(CommandHeader(9, Command::kRegionRead, 80));
+         const std::vector<uint8_t> body = Pattern(80, 3);
+         b.insert(b.end(), body.begin(), body.end());
+         return b;
+       }()},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    ASSERT_TRUE(pair.a->SendFramed(c.bytes).ok());
+    Message msg;
+    ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+    EXPECT_FALSE(msg.payload_placed);
+    EXPECT_EQ(msg.payload.size() + kHeaderSize, c.bytes.size());
+    EXPECT_EQ(into, std::vector<uint8_t>(64, 0));
+  }
+}
+
+TEST(TransportPlacementTest, LargeReplyIsReceivedStraightIntoTheBuffer) {
+  ConnectionPair pair = MakeConnectionPair();
+  const std::vector<uint8_t> head = Pattern(16, 4);
+  // Larger than the read-ahead buffer, and a size that fits in it.
+  for (size_t size : {Connection::kReadAheadBytes * 3 + 5, size_t{4096},
+                      Connection::kReadAheadBytes - 100}) {
+    SCOPED_TRACE(size);
+    const std::vector<uint8_t> data = Pattern(size, 5);
+    const std::vector<uint8_t> bytes =
+        ReplyBytes(11, Command::kDmaRead, head, data);
+    std::thread writer([&] { ASSERT_TRUE(pair.a->SendFramed(bytes).ok()); });
+    std::vector<uint8_t> into(size, 0);
+    const ReceivePlacement place = PlaceReply(11, Command::kDmaRead, 16, into);
+    Message msg;
+    ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+    writer.join();
+    EXPECT_TRUE(msg.payload_placed);
+    EXPECT_EQ(msg.payload, head);
+    EXPECT_EQ(msg.header.msg_size, bytes.size());
+    EXPECT_TRUE(into == data);
+    // The stream goes on normally.
+    ASSERT_TRUE(pair.a->SendParts(CommandHeader(12, Command::kDeviceGetInfo),
+                                  Pattern(8, 6))
+                    .ok());
+    EXPECT_EQ(ReceiveOne(*pair.b).payload, Pattern(8, 6));
+  }
+}
+
+// A call that returns before the placed reply is complete (timeout, or
+// non-blocking with the socket empty) hands the placed bytes back: the
+// caller's buffer may go away, the message completes as an ordinary one.
+TEST(TransportPlacementTest, AnUnfinishedPlacementIsDetachedWhenTheCallReturns) {
+  for (bool nonblocking : {false, true}) {
+    SCOPED_TRACE(nonblocking);
+    TransportOptions options;
+    options.nonblocking = nonblocking;
+    options.receive_timeout = absl::Milliseconds(10);
+    RawPeer peer = MakeRawPeer(options);
+    const std::vector<uint8_t> head = Pattern(16, 7);
+    const std::vector<uint8_t> data = Pattern(Connection::kReadAheadBytes + 500, 8);
+    const std::vector<uint8_t> bytes =
+        ReplyBytes(13, Command::kRegionRead, head, data);
+    // Header, head and part of the data.
+    const size_t cut = kHeaderSize + 16 + 300;
+    WriteRaw(peer.raw.get(),
+             std::vector<uint8_t>(bytes.begin(), bytes.begin() + cut));
+    {
+      auto into = std::make_unique<std::vector<uint8_t>>(data.size(), 0);
+      const ReceivePlacement place =
+          PlaceReply(13, Command::kRegionRead, 16, *into);
+      Message msg;
+      absl::StatusOr<bool> got = peer.conn->ReceiveInto(
+          &msg, nonblocking ? std::nullopt
+                            : std::optional<absl::Time>(absl::Now() +
+                                                        absl::Milliseconds(5)),
+          &place);
+      if (nonblocking) {
+        ASSERT_TRUE(got.ok());
+        EXPECT_FALSE(*got);
+      } else {
+        EXPECT_EQ(ErrnoOf(got.status()), ETIMEDOUT);
+      }
+      // `into` is freed here: ASan would catch a later write into it.
+    }
+    WriteRaw(peer.raw.get(), std::vector<uint8_t>(bytes.begin() + cut,
+                                                  bytes.begin() + cut + 1000));
+    WriteRaw(peer.raw.get(),
+             std::vector<uint8_t>(bytes.begin() + cut + 1000, bytes.end()));
+    Message msg;
+    if (nonblocking) {
+      // Poll until the whole message is assembled.
+      absl::StatusOr<bool> got;
+      do {
+        got = peer.conn->ReceiveInto(&msg);
+        ASSERT_TRUE(got.ok());
+      } while (!*got);
+    } else {
+      ASSERT_TRUE(*peer.conn->ReceiveInto(&msg));
+    }
+    EXPECT_FALSE(msg.payload_placed);
+    ASSERT_EQ(msg.payload.size(), 16 + data.size());
+    EXPECT_TRUE(std::equal(head.begin(), head.end(), msg.payload.begin()));
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), msg.payload.begin() + 16));
+  }
+}
+
+TEST(TransportPlacementTest, FdsComeWithAPlacedReply) {
+  ConnectionPair pair = MakeConnectionPair();
+  const std::vector<uint8_t> head = Pattern(16, 9);
+  const std::vector<uint8_t> data = Pattern(32, 10);
+  Header h;
+  h.msg_id = 21;
+  h.cmd = static_cast<uint16_t>(Command::kRegionRead);
+  h.flags = kFlagsTypeReply;
+  UniqueFd fd = MakeEventfd();
+  const int fds[] = {fd.get()};
+  ASSERT_TRUE(pair.a->SendParts(h, head, data, fds).ok());
+  std::vector<uint8_t> into(32, 0);
+  const ReceivePlacement place = PlaceReply(21, Command::kRegionRead, 16, into);
+  Message msg;
+  ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+  EXPECT_TRUE(msg.payload_placed);
+  EXPECT_EQ(into, data);
+  EXPECT_EQ(msg.fds.size(), 1u);
 }
 
 TEST(TransportTest, SendFramedSendsABatchOfMessagesInOneSendmsg) {

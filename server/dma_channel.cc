@@ -74,7 +74,14 @@ absl::Status DmaChannel::Exchange(uint64_t iova, uint8_t* buf, size_t len,
   }
   device_->mutable_counters().dma_messages++;
 
-  absl::StatusOr<bool> received = twin_->ReceiveInto(&reply_, deadline);
+  // A DMA_READ reply's data is received straight into `buf`.
+  ReceivePlacement placement;
+  placement.msg_id = request.msg_id;
+  placement.cmd = request.cmd;
+  placement.keep = access_header.size();
+  placement.into = absl::Span<uint8_t>(buf, len);
+  absl::StatusOr<bool> received = twin_->ReceiveInto(
+      &reply_, deadline, write || len == 0 ? nullptr : &placement);
   if (!received.ok()) {
     // A late reply would now be taken for another request's: give up on
     // the stream (as the loop does when its own request times out).
@@ -99,6 +106,16 @@ absl::Status DmaChannel::Exchange(uint64_t iova, uint8_t* buf, size_t len,
     absl::StatusOr<DmaAccess> reply = DecodeDmaWriteReply(ByteSpan(reply_.payload));
     if (!reply.ok()) return reply.status();
     device_->dma().MarkDirty(iova, len);
+    return absl::OkStatus();
+  }
+  if (reply_.payload_placed) {
+    // The data is in `buf` already; the access header must match.
+    absl::StatusOr<DmaAccess> reply =
+        DecodeDmaWriteReply(ByteSpan(reply_.payload));
+    if (!reply.ok()) return reply.status();
+    if (reply->address != iova || reply->count != len) {
+      return ErrnoError(EPROTO, "DMA_READ reply does not match the request");
+    }
     return absl::OkStatus();
   }
   absl::StatusOr<DmaAccess> reply =

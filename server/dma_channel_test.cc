@@ -38,7 +38,7 @@ namespace vfio_user {
 namespace {
 
 constexpr uint64_t kGuestBase = 0x10000000;
-constexpr size_t kGuestSize = 64 * 1024;
+constexpr size_t kGuestSize = 256 * 1024;
 // How long a test waits for something that must happen (never reached when
 // the code under test works).
 constexpr absl::Duration kDeadline = absl::Seconds(10);
@@ -485,6 +485,38 @@ TEST_P(DmaChannelTest, ErrorReplyToOneChunkStopsTheRestOfThatAccess) {
   EXPECT_EQ(reqs[1].address, kGuestBase + 256);
   EXPECT_TRUE(reqs[2].is_write());
   EXPECT_EQ(reqs[2].address, kGuestBase + 0x4000);
+}
+
+// A reply of the expected size has its data received straight into the
+// device's buffer; an access header that does not match still fails it.
+TEST_P(DmaChannelTest, ReadReplyOfTheRightSizeForAnotherAddressFails) {
+  StartChannel({}, [this](size_t index, const ClientRequest& req) {
+    if (index != 0) {
+      client_->AnswerFromMemory(req);
+      return;
+    }
+    std::vector<uint8_t> data = client_->Memory(req.address, req.count);
+    client_->Send(MakeReply(req.header, EncodeDmaAccessWithData(
+                                            req.address + 8, ByteSpan(data))));
+  });
+  std::vector<uint8_t> buf(64);
+  std::optional<absl::Status> first = Read(kGuestBase, &buf);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(ErrnoOf(*first), EPROTO) << *first;
+  // The stream is in step: the next read works.
+  std::optional<absl::Status> second = Read(kGuestBase + 64, &buf);
+  ASSERT_TRUE(second.has_value());
+  ASSERT_TRUE(second->ok()) << *second;
+  EXPECT_EQ(buf, client_->Memory(kGuestBase + 64, 64));
+}
+
+TEST_P(DmaChannelTest, LargeReadArrivesWhole) {
+  StartChannel({});
+  std::vector<uint8_t> buf(Connection::kReadAheadBytes * 2 + 100);
+  std::optional<absl::Status> st = Read(kGuestBase, &buf);
+  ASSERT_TRUE(st.has_value());
+  ASSERT_TRUE(st->ok()) << *st;
+  EXPECT_TRUE(buf == client_->Memory(kGuestBase, buf.size()));
 }
 
 TEST_P(DmaChannelTest, ReplyWithWrongMsgIdBreaksAndClosesChannel) {

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -165,7 +166,10 @@ void EventLoop::Run() {
   constexpr int kMaxEvents = 64;
   epoll_event events[kMaxEvents];
   while (!stop_.load()) {
-    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, NextTimeoutMs());
+    // The raw syscall: libc's epoll_wait() is a pthread cancellation point
+    // (two extra calls per wake-up; we never cancel threads).
+    int n = static_cast<int>(::syscall(SYS_epoll_wait, epoll_fd_.get(), events,
+                                       kMaxEvents, NextTimeoutMs()));
     if (n < 0) {
       if (errno == EINTR) continue;
       break;  // epoll fd broken: nothing sensible left to do
