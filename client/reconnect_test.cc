@@ -3,6 +3,7 @@
 // never does). Deadlines are 1-3 s so every test stays fast.
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -223,6 +224,55 @@ TEST(ReconnectTest, ServerKilledWhileBusyReconnectsReplaysAndContinues) {
             absl::ZeroDuration());
   EXPECT_EQ(seen.back().state, ClientState::kConnected);
   EXPECT_EQ(seen.back().reconnects, 1u);
+}
+
+TEST(ReconnectTest, ResetReplayAndDescriptionsAreOneWindow) {
+  const std::string path = TestSocketPath("recowin");
+  const std::vector<uint8_t> content = PatternBytes(4096, 3);
+  auto server1 = std::make_unique<FakeServer>(path, DeviceWithContent(content));
+  ClientOptions options = OptionsFor(*server1);
+  absl::StatusOr<std::unique_ptr<Client>> connected = Client::Connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  Client& client = **connected;
+  absl::StatusOr<std::unique_ptr<GuestMemory>> ram = GuestMemory::Create(65536);
+  ASSERT_TRUE(ram.ok());
+  ASSERT_OK(client.DmaMap((*ram)->Region(kRamIova)));
+
+  server1->Kill();
+  server1.reset();
+  // The new server answers the reset only once the last GET_IRQ_INFO is
+  // in: a client that waited for the reset's reply before replaying and
+  // describing would never reconnect.
+  FakeServer server2(path, DeviceWithContent(content));
+  const uint32_t last_irq = DeviceWithContent(content).irqs.size() - 1;
+  absl::Mutex mu;
+  std::optional<Header> reset;
+  server2.SetHook([&](FakeServer::Session& session, Message& request) {
+    absl::MutexLock lock(&mu);
+    if (request.command() == Command::kDeviceReset) {
+      reset = request.header;
+      return FakeServer::HookResult::kHandled;
+    }
+    if (request.command() == Command::kDeviceGetIrqInfo && reset.has_value()) {
+      absl::StatusOr<IrqInfo> asked = DecodeIrqInfoRequest(request.payload);
+      if (asked.ok() && asked->index == last_irq) {
+        EXPECT_OK(session.Reply(*reset, {}));
+      }
+    }
+    return FakeServer::HookResult::kDefault;
+  });
+  const ClientStateInfo back =
+      client.AwaitState(ClientState::kConnected, absl::Seconds(20));
+  ASSERT_EQ(back.state, ClientState::kConnected) << back.last_error;
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(reset.has_value());
+  }
+  ASSERT_EQ(server2.dma_maps().size(), 1u);  // replayed after the reset
+  EXPECT_EQ(server2.dma_maps()[0].request.address, kRamIova);
+  absl::StatusOr<std::vector<uint8_t>> got = client.Read(2, 0, 16);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(std::equal(got->begin(), got->end(), content.begin()));
 }
 
 TEST(ReconnectTest, ServerNeverComesBackFailsAtTheDeadline) {
