@@ -416,8 +416,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
 
   const absl::Time give_up = absl::Now() + opts.connect_timeout;
   absl::Duration backoff = InitialBackoff(opts.reconnect);
-  std::optional<SocketWatch> watch;  // set up once the first attempt failed
-  int quick_retries = 0;             // left after a socket event
+  int quick_retries = 0;  // left after a socket event
   for (;;) {
     DeviceDescription description;
     std::vector<UniqueFd> region_fds;
@@ -438,8 +437,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
       return link.status();
     }
     // A server that creates its socket now is tried at once.
-    if (!watch.has_value()) watch.emplace(opts.socket_path, -1);
-    if (watch->Wait(std::min(absl::Now() + backoff, give_up)) ==
+    if (client->watch_ == nullptr) {  // set up once the first attempt failed
+      client->watch_ = std::make_unique<SocketWatch>(
+          opts.socket_path, client->manager_wake_.get());
+    }
+    if (client->watch_->Wait(std::min(absl::Now() + backoff, give_up)) ==
         SocketWatch::Woken::kSocketEvent) {
       quick_retries = kSocketEventRetries;
     }
@@ -2149,8 +2151,14 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const ReconnectPolicy& policy = options_.reconnect;
   absl::Duration backoff = InitialBackoff(policy);
   // Watched from the first attempt on: a server that comes back while an
-  // attempt fails is seen at the wait that follows.
-  SocketWatch watch(options_.socket_path, manager_wake_.get());
+  // attempt fails is seen at the wait that follows. What queued while we
+  // were connected is older than the first attempt, which looks anyway.
+  if (watch_ == nullptr) {
+    watch_ = std::make_unique<SocketWatch>(options_.socket_path,
+                                           manager_wake_.get());
+  } else {
+    watch_->DiscardEvents();
+  }
   int quick_retries = 0;  // left after a socket event
   for (;;) {
     if (closing_) return;
@@ -2206,7 +2214,7 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     // or Close() (it writes manager_wake_ after setting closing_).
     const absl::Time wake = std::min(absl::Now() + backoff, deadline);
     mu_.Unlock();
-    const SocketWatch::Woken woken = watch.Wait(wake);
+    const SocketWatch::Woken woken = watch_->Wait(wake);
     mu_.Lock();
     if (woken == SocketWatch::Woken::kSocketEvent) {
       quick_retries = kSocketEventRetries;

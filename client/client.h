@@ -96,6 +96,8 @@
 
 namespace vfio_user {
 
+class SocketWatch;
+
 enum class ClientState {
   kConnected,     // attached; requests flow
   kReconnecting,  // connection lost; trying again until the deadline
@@ -492,6 +494,15 @@ class Client {
   // Written once by Close(): wakes a reconnect waiting for the server's
   // socket (SocketWatch), which a CondVar cannot.
   const UniqueFd manager_wake_;
+  // Watches the server's socket (SocketWatch) from the first time a
+  // connection attempt failed until the client is destroyed: setting a
+  // watch up or tearing it down costs more than a reconnect (the kernel
+  // flags every entry of the socket's directory, 8-17 ms for a busy /tmp,
+  // and other processes' operations in that directory wait meanwhile).
+  // While connected, its events queue in the kernel (bounded by
+  // fs.inotify.max_queued_events); Reconnect() discards them first. Used
+  // by Connect(), then by the manager thread only.
+  std::unique_ptr<SocketWatch> watch_;
   std::unique_ptr<Notifier> notifier_;
   std::thread manager_;
 };
