@@ -95,7 +95,8 @@ int Main(int argc, char** argv) {
                absl::StrCat(requests_per_reconnect,
                             " request/reply exchanges (VERSION, GET_INFO, "
                             "RESET, replay, GET_REGION_INFO x regions, "
-                            "GET_IRQ_INFO x indexes); floor = as many raw "
+                            "GET_IRQ_INFO x indexes) in 3 round trips "
+                            "(the last one a window); floor = as many raw "
                             "round trips: ",
                             FormatNs(floor_ns), " (ratio ",
                             absl::StrFormat("%.2fx", reconnect.median_ns /

@@ -29,6 +29,10 @@ constexpr char kDisconnectPayloadUrl[] = "vfio-user/client-disconnected";
 constexpr uint32_t kInitialRegionInfoArgsz = 256;
 // Retries of GET_REGION_INFO with a larger argsz before giving up.
 constexpr int kRegionInfoAttempts = 3;
+// Most requests CallManyOnLink has in flight at once: what they and their
+// replies take stays far below the socket buffers, so neither side can
+// block sending while the other is not reading.
+constexpr size_t kMaxWindow = 64;
 // Fixed part of the largest message we receive, beyond its data.
 constexpr uint32_t kMessageOverhead = 64;
 // Protocol violations logged at warn level per link (then debug).
@@ -427,8 +431,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
 
   const absl::Time give_up = absl::Now() + opts.connect_timeout;
   absl::Duration backoff = InitialBackoff(opts.reconnect);
-  std::optional<SocketWatch> watch;  // set up once the first attempt failed
-  int quick_retries = 0;             // left after a socket event
+  int quick_retries = 0;  // left after a socket event
   for (;;) {
     DeviceDescription description;
     std::vector<UniqueFd> region_fds;
@@ -449,8 +452,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
       return link.status();
     }
     // A server that creates its socket now is tried at once.
-    if (!watch.has_value()) watch.emplace(opts.socket_path, -1);
-    if (watch->Wait(std::min(absl::Now() + backoff, give_up)) ==
+    if (client->watch_ == nullptr) {  // set up once the first attempt failed
+      client->watch_ = std::make_unique<SocketWatch>(
+          opts.socket_path, client->manager_wake_.get());
+    }
+    if (client->watch_->Wait(std::min(absl::Now() + backoff, give_up)) ==
         SocketWatch::Woken::kSocketEvent) {
       quick_retries = kSocketEventRetries;
     }
@@ -601,18 +607,9 @@ absl::StatusOr<std::shared_ptr<Client::Link>> Client::Establish(
     if (previous != nullptr) {
       s = SameDeviceInfo(previous->info, description->info);
       if (!s.ok()) return s;
-      if (options_.reconnect.reset_device &&
-          (description->info.flags & kDeviceFlagsReset) != 0) {
-        absl::StatusOr<Message> reset = CallOnLink(
-            *link, OutgoingRequest{Command::kDeviceReset}, deadline);
-        if (!reset.ok()) return reset.status();
-      }
-      s = ReplayJournal(*link, deadline);
-      if (!s.ok()) return s;
     }
-    s = FetchRegions(*link, deadline, description, region_fds);
-    if (!s.ok()) return s;
-    s = FetchIrqs(*link, deadline, description);
+    s = Describe(*link, deadline, /*reconnect=*/previous != nullptr,
+                 description, region_fds);
     if (!s.ok()) return s;
     if (previous != nullptr) return SameRegionsAndIrqs(*previous, *description);
     return absl::OkStatus();
@@ -726,151 +723,313 @@ absl::Status Client::FetchDeviceInfo(Link& link, absl::Time deadline,
   return absl::OkStatus();
 }
 
-absl::StatusOr<RegionDescription> Client::FetchRegionInfo(Link& link,
-                                                          uint32_t index,
-                                                          absl::Time deadline,
-                                                          UniqueFd* fd) {
-  uint32_t argsz = std::min(kInitialRegionInfoArgsz,
-                            std::max<uint32_t>(options_.max_region_info_size,
-                                               32));
+// Requests to send as one window (CallManyOnLink), with the storage their
+// spans point into (deques: adding never moves what was stored).
+struct Client::RequestWindow {
+  // Appends a request whose payload (and fds, which must stay open until
+  // the window was sent) this window keeps.
+  OutgoingRequest& Add(Command cmd, Bytes payload, std::vector<int> fds = {}) {
+    const Bytes& stored = payloads.emplace_back(std::move(payload));
+    const std::vector<int>& stored_fds = fd_lists.emplace_back(std::move(fds));
+    OutgoingRequest& request = requests.emplace_back(cmd, stored);
+    request.fds = stored_fds;
+    return request;
+  }
+
+  std::deque<OutgoingRequest> requests;
+  std::deque<Bytes> payloads;
+  std::deque<std::vector<int>> fd_lists;
+  // Fds the requests refer to, kept open until the window was sent.
+  std::vector<std::shared_ptr<UniqueFd>> held_fds;
+};
+
+std::vector<absl::StatusOr<Message>> Client::CallManyOnLink(
+    Link& link, const std::deque<OutgoingRequest>& requests,
+    absl::Time deadline) {
+  std::vector<absl::StatusOr<Message>> replies;
+  replies.reserve(requests.size());
+  for (size_t first = 0; first < requests.size(); first += kMaxWindow) {
+    const size_t end = std::min(requests.size(), first + kMaxWindow);
+    // The waiters stay put (deque) while the tracker holds pointers to them.
+    std::deque<ReplyWaiter> waiters;
+    absl::Status failed;  // why requests [first + waiters.size(), end) were not sent
+    // Framed requests without fds, not sent yet: consecutive ones leave in
+    // one sendmsg() (a request with fds goes out alone, in order).
+    std::vector<uint8_t> wire;
+    const auto flush = [&]() -> absl::Status {
+      if (wire.empty()) return absl::OkStatus();
+      absl::MutexLock lock(&link.main_send_mu);
+      absl::Status sent = link.main->SendFramed(wire);
+      wire.clear();
+      return sent;
+    };
+    for (size_t i = first; i < end; ++i) {
+      const OutgoingRequest& req = requests[i];
+      ReplyWaiter& waiter = waiters.emplace_back(&link);
+      absl::StatusOr<uint16_t> msg_id = link.tracker.StartAsync(
+          req.cmd, deadline, [&waiter](absl::StatusOr<Message> outcome) {
+            waiter.Deliver(std::move(outcome));
+          });
+      if (!msg_id.ok()) {
+        waiters.pop_back();
+        failed = msg_id.status();
+        break;
+      }
+      counters_->requests.fetch_add(1);
+      Header header;
+      header.msg_id = *msg_id;
+      header.cmd = static_cast<uint16_t>(req.cmd);
+      header.flags = kFlagsTypeCommand;
+      header.msg_size = static_cast<uint32_t>(kHeaderSize + req.part1.size() +
+                                              req.part2.size());
+      absl::Status sent;
+      if (req.fds.empty()) {
+        const size_t at = wire.size();
+        wire.resize(at + header.msg_size);
+        EncodeHeader(header, wire.data() + at);
+        if (!req.part1.empty()) {
+          std::memcpy(wire.data() + at + kHeaderSize, req.part1.data(),
+                      req.part1.size());
+        }
+        if (!req.part2.empty()) {
+          std::memcpy(wire.data() + at + kHeaderSize + req.part1.size(),
+                      req.part2.data(), req.part2.size());
+        }
+      } else {
+        sent = flush();
+        if (sent.ok()) {
+          sent = SendOnLink(link, false, header, req.part1, req.part2, req.fds);
+        }
+      }
+      if (!sent.ok()) {
+        FailLink(&link, sent);  // fails what was registered
+        failed = DisconnectError(sent);
+        break;
+      }
+    }
+    // As in StartOnLink: a link lost meanwhile fails what was registered.
+    if (link.lost.load()) {
+      link.tracker.FailAll(
+          DisconnectError(ErrnoError(ENOTCONN, "connection already lost")));
+    } else if (absl::Status sent = flush(); !sent.ok()) {
+      FailLink(&link, sent);
+    }
+    // Every started request is awaited (its waiter must outlive the
+    // tracker's callback), whatever happened to the others.
+    for (size_t i = 0; i < waiters.size(); ++i) {
+      replies.push_back(
+          FinishOnLink(link, requests[first + i], deadline, waiters[i]));
+    }
+    for (size_t i = first + waiters.size(); i < end; ++i) {
+      replies.push_back(failed);
+    }
+    if (!failed.ok()) {  // later windows are not tried either
+      while (replies.size() < requests.size()) replies.push_back(failed);
+      break;
+    }
+  }
+  return replies;
+}
+
+
+namespace {
+
+Bytes RegionInfoPayload(uint32_t index, uint32_t argsz) {
+  RegionInfoRequest request;
+  request.argsz = argsz;
+  request.index = index;
+  return EncodeRegionInfoRequest(request);
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<RegionDescription>> Client::TakeRegionInfoReply(
+    uint32_t index, uint32_t* argsz, absl::StatusOr<Message> reply,
+    UniqueFd* fd) {
+  if (!reply.ok()) return reply.status();
+  if (reply->payload.size() > *argsz) {
+    return ProtocolError(absl::StrCat(
+        "GET_REGION_INFO ", index, ": the reply has ", reply->payload.size(),
+        " bytes; we accept ", *argsz));
+  }
   DecodeLimits limits;
   limits.max_array_entries = options_.max_region_info_size / 16;
-  for (int attempt = 0; attempt < kRegionInfoAttempts; ++attempt) {
-    RegionInfoRequest request;
-    request.argsz = argsz;
-    request.index = index;
-    const Bytes payload = EncodeRegionInfoRequest(request);
+  absl::StatusOr<RegionInfo> info = DecodeRegionInfo(reply->payload, limits);
+  if (!info.ok()) return BadReply("GET_REGION_INFO", info.status());
+  if (info->index != index) {
+    return ProtocolError(absl::StrCat("GET_REGION_INFO ", index,
+                                      ": the reply is for region ",
+                                      info->index));
+  }
+  if (info->argsz > reply->payload.size()) {  // truncated: ask again
+    if (info->argsz <= *argsz) {
+      return ProtocolError(absl::StrCat(
+          "GET_REGION_INFO ", index, ": the reply was cut to ",
+          reply->payload.size(), " bytes though ", info->argsz,
+          " fit in our argsz ", *argsz));
+    }
+    if (info->argsz > options_.max_region_info_size) {
+      return ErrnoError(E2BIG, absl::StrCat("GET_REGION_INFO ", index,
+                                            ": the server needs argsz ",
+                                            info->argsz, "; the limit is ",
+                                            options_.max_region_info_size));
+    }
+    *argsz = info->argsz;
+    return std::nullopt;  // any fd that came with the truncated reply is closed
+  }
+  if (info->offset + info->size < info->offset) {
+    return ProtocolError(absl::StrCat("GET_REGION_INFO ", index,
+                                      ": offset + size wraps"));
+  }
+  RegionDescription description;
+  description.info = *std::move(info);
+  if (!reply->fds.empty() &&
+      (description.info.flags & kRegionInfoFlagMmap) != 0) {
+    *fd = std::move(reply->fds[0]);
+    description.has_fd = true;
+  }
+  return description;
+}
+
+absl::StatusOr<RegionDescription> Client::RefetchRegionInfo(
+    Link& link, uint32_t index, uint32_t argsz, absl::Time deadline,
+    UniqueFd* fd) {
+  // The window asked once already.
+  for (int attempt = 1; attempt < kRegionInfoAttempts; ++attempt) {
+    const Bytes payload = RegionInfoPayload(index, argsz);
     OutgoingRequest out{Command::kDeviceGetRegionInfo, payload};
     out.idempotent = true;
     out.max_reply_fds = 1;
-    absl::StatusOr<Message> reply = CallOnLink(
-        link, out, Earliest(deadline, absl::Now() + options_.request_timeout));
-    if (!reply.ok()) return reply.status();
-    if (reply->payload.size() > argsz) {
-      return ProtocolError(absl::StrCat(
-          "GET_REGION_INFO ", index, ": the reply has ", reply->payload.size(),
-          " bytes; we accept ", argsz));
-    }
-    absl::StatusOr<RegionInfo> info = DecodeRegionInfo(reply->payload, limits);
-    if (!info.ok()) return BadReply("GET_REGION_INFO", info.status());
-    if (info->index != index) {
-      return ProtocolError(absl::StrCat("GET_REGION_INFO ", index,
-                                        ": the reply is for region ",
-                                        info->index));
-    }
-    if (info->argsz > reply->payload.size()) {  // truncated: ask again
-      if (info->argsz <= argsz) {
-        return ProtocolError(absl::StrCat(
-            "GET_REGION_INFO ", index, ": the reply was cut to ",
-            reply->payload.size(), " bytes though ", info->argsz,
-            " fit in our argsz ", argsz));
-      }
-      if (info->argsz > options_.max_region_info_size) {
-        return ErrnoError(E2BIG, absl::StrCat("GET_REGION_INFO ", index,
-                                              ": the server needs argsz ",
-                                              info->argsz, "; the limit is ",
-                                              options_.max_region_info_size));
-      }
-      argsz = info->argsz;
-      continue;  // any fd that came with the truncated reply is closed
-    }
-    if (info->offset + info->size < info->offset) {
-      return ProtocolError(absl::StrCat("GET_REGION_INFO ", index,
-                                        ": offset + size wraps"));
-    }
-    RegionDescription description;
-    description.info = *std::move(info);
-    if (!reply->fds.empty() &&
-        (description.info.flags & kRegionInfoFlagMmap) != 0) {
-      *fd = std::move(reply->fds[0]);
-      description.has_fd = true;
-    }
-    return description;
+    absl::StatusOr<std::optional<RegionDescription>> region =
+        TakeRegionInfoReply(
+            index, &argsz,
+            CallOnLink(link, out,
+                       Earliest(deadline,
+                                absl::Now() + options_.request_timeout)),
+            fd);
+    if (!region.ok()) return region.status();
+    if (region->has_value()) return **std::move(region);
   }
   return ProtocolError(absl::StrCat("GET_REGION_INFO ", index,
                                     ": argsz kept growing"));
 }
 
-absl::Status Client::FetchRegions(Link& link, absl::Time deadline,
-                                  DeviceDescription* description,
-                                  std::vector<UniqueFd>* region_fds) {
-  description->regions.clear();
-  region_fds->clear();
-  for (uint32_t i = 0; i < description->info.num_regions; ++i) {
-    // Any failure ends the attach, as in QEMU: a region the server counts
-    // but cannot describe is a broken device.
-    UniqueFd fd;
-    absl::StatusOr<RegionDescription> region =
-        FetchRegionInfo(link, i, deadline, &fd);
-    if (!region.ok()) return region.status();
-    description->regions.push_back(*std::move(region));
-    region_fds->push_back(std::move(fd));
+absl::StatusOr<IrqInfo> Client::TakeIrqInfoReply(
+    uint32_t index, absl::StatusOr<Message> reply) {
+  if (!reply.ok()) return reply.status();
+  absl::StatusOr<IrqInfo> info = DecodeIrqInfoReply(reply->payload);
+  if (!info.ok()) return BadReply("GET_IRQ_INFO", info.status());
+  if (info->index != index) {
+    return ProtocolError(absl::StrCat("GET_IRQ_INFO ", index,
+                                      ": the reply is for index ",
+                                      info->index));
   }
-  return absl::OkStatus();
+  if (info->count > options_.max_irq_vectors) {
+    return ErrnoError(E2BIG, absl::StrCat("GET_IRQ_INFO ", index, ": ",
+                                          info->count,
+                                          " vectors; the limit is ",
+                                          options_.max_irq_vectors));
+  }
+  return *info;
 }
 
-absl::Status Client::FetchIrqs(Link& link, absl::Time deadline,
-                               DeviceDescription* description) {
-  description->irqs.clear();
+absl::Status Client::Describe(Link& link, absl::Time deadline, bool reconnect,
+                              DeviceDescription* description,
+                              std::vector<UniqueFd>* region_fds) {
+  RequestWindow window;
+  if (reconnect) {
+    if (options_.reconnect.reset_device &&
+        (description->info.flags & kDeviceFlagsReset) != 0) {
+      window.Add(Command::kDeviceReset, Bytes());
+    }
+    absl::Status s = AddJournalReplay(link, &window);
+    if (!s.ok()) return s;
+  }
+  const size_t regions_at = window.requests.size();
+  const uint32_t initial_argsz =
+      std::min(kInitialRegionInfoArgsz,
+               std::max<uint32_t>(options_.max_region_info_size, 32));
+  for (uint32_t i = 0; i < description->info.num_regions; ++i) {
+    OutgoingRequest& out = window.Add(Command::kDeviceGetRegionInfo,
+                                      RegionInfoPayload(i, initial_argsz));
+    out.idempotent = true;
+    out.max_reply_fds = 1;
+  }
+  const size_t irqs_at = window.requests.size();
   for (uint32_t i = 0; i < description->info.num_irqs; ++i) {
     IrqInfo request;
     request.index = i;
-    const Bytes payload = EncodeIrqInfo(request);
-    OutgoingRequest out{Command::kDeviceGetIrqInfo, payload};
-    out.idempotent = true;
-    absl::StatusOr<Message> reply = CallOnLink(
-        link, out, Earliest(deadline, absl::Now() + options_.request_timeout));
-    if (!reply.ok()) return reply.status();
-    absl::StatusOr<IrqInfo> info = DecodeIrqInfoReply(reply->payload);
-    if (!info.ok()) return BadReply("GET_IRQ_INFO", info.status());
-    if (info->index != i) {
-      return ProtocolError(absl::StrCat("GET_IRQ_INFO ", i,
-                                        ": the reply is for index ",
-                                        info->index));
+    window.Add(Command::kDeviceGetIrqInfo, EncodeIrqInfo(request)).idempotent =
+        true;
+  }
+  std::vector<absl::StatusOr<Message>> replies = CallManyOnLink(
+      link, window.requests,
+      Earliest(deadline, absl::Now() + options_.request_timeout));
+
+  // The reset and the replay: the first failure ends the attach.
+  for (size_t i = 0; i < regions_at; ++i) {
+    if (!replies[i].ok()) return replies[i].status();
+  }
+  // Any failure ends the attach, as in QEMU: a region the server counts but
+  // cannot describe is a broken device.
+  description->regions.clear();
+  region_fds->clear();
+  for (uint32_t i = 0; i < description->info.num_regions; ++i) {
+    UniqueFd fd;
+    uint32_t argsz = initial_argsz;
+    absl::StatusOr<std::optional<RegionDescription>> region =
+        TakeRegionInfoReply(i, &argsz, std::move(replies[regions_at + i]),
+                            &fd);
+    if (!region.ok()) return region.status();
+    if (!region->has_value()) {  // truncated: ask again, alone
+      absl::StatusOr<RegionDescription> again =
+          RefetchRegionInfo(link, i, argsz, deadline, &fd);
+      if (!again.ok()) return again.status();
+      region->emplace(*std::move(again));
     }
-    if (info->count > options_.max_irq_vectors) {
-      return ErrnoError(E2BIG, absl::StrCat("GET_IRQ_INFO ", i, ": ",
-                                            info->count,
-                                            " vectors; the limit is ",
-                                            options_.max_irq_vectors));
-    }
+    description->regions.push_back(**std::move(region));
+    region_fds->push_back(std::move(fd));
+  }
+  description->irqs.clear();
+  for (uint32_t i = 0; i < description->info.num_irqs; ++i) {
+    absl::StatusOr<IrqInfo> info =
+        TakeIrqInfoReply(i, std::move(replies[irqs_at + i]));
+    if (!info.ok()) return info.status();
     description->irqs.push_back(*info);
   }
   return absl::OkStatus();
 }
 
-absl::Status Client::ReplayJournal(Link& link, absl::Time deadline) {
+absl::Status Client::AddJournalReplay(Link& link, RequestWindow* window) {
   for (const DmaSpace::Entry& entry : dma_space_.Snapshot()) {
     DmaMapRequest request;
     request.flags = entry.region.prot;
     request.offset = entry.fd ? entry.region.fd_offset : 0;
     request.address = entry.region.iova;
     request.size = entry.region.size;
-    const Bytes payload = EncodeDmaMap(request);
-    const int fd = entry.fd ? entry.fd->get() : -1;
-    OutgoingRequest out{Command::kDmaMap, payload};
-    if (fd >= 0) {
+    std::vector<int> fds;
+    if (entry.fd) {
       if (link.server.max_msg_fds == 0) {
         return ErrnoError(EINVAL, "replay: the server accepts no fds");
       }
-      out.fds = absl::MakeConstSpan(&fd, 1);
+      fds.push_back(entry.fd->get());
+      window->held_fds.push_back(entry.fd);
     }
-    absl::StatusOr<Message> reply = CallOnLink(
-        link, out, Earliest(deadline, absl::Now() + options_.request_timeout));
-    if (!reply.ok()) return reply.status();
+    window->Add(Command::kDmaMap, EncodeDmaMap(request), std::move(fds));
   }
+  // Eventfds stay open: the journal cannot change while journal_mu_ is held.
   for (uint32_t index : irq_journal_.Indexes()) {
     const std::vector<int> fds = irq_journal_.Triggers(index);
-    for (const EventfdChunk& chunk :
-         PlanEventfdChunks(0, fds, std::max<uint32_t>(link.server.max_msg_fds, 1))) {
+    for (EventfdChunk& chunk : PlanEventfdChunks(
+             0, fds, std::max<uint32_t>(link.server.max_msg_fds, 1))) {
       if (chunk.fds.empty()) continue;  // nothing is wired on a new server
       SetIrqs request;
       request.flags = kIrqSetDataEventfd | kIrqSetActionTrigger;
       request.index = index;
       request.start = chunk.start;
       request.count = chunk.count;
-      absl::Status s = SetIrqsOnLink(link, request, chunk.fds, deadline);
-      if (!s.ok()) return s;
+      window->Add(Command::kDeviceSetIrqs, EncodeSetIrqs(request),
+                  std::move(chunk.fds));
     }
     for (const IrqJournal::Run& run : irq_journal_.MaskedRuns(index)) {
       SetIrqs request;
@@ -878,8 +1037,7 @@ absl::Status Client::ReplayJournal(Link& link, absl::Time deadline) {
       request.index = index;
       request.start = run.start;
       request.count = run.count;
-      absl::Status s = SetIrqsOnLink(link, request, {}, deadline);
-      if (!s.ok()) return s;
+      window->Add(Command::kDeviceSetIrqs, EncodeSetIrqs(request));
     }
   }
   return absl::OkStatus();
@@ -2092,8 +2250,14 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const ReconnectPolicy& policy = options_.reconnect;
   absl::Duration backoff = InitialBackoff(policy);
   // Watched from the first attempt on: a server that comes back while an
-  // attempt fails is seen at the wait that follows.
-  SocketWatch watch(options_.socket_path, manager_wake_.get());
+  // attempt fails is seen at the wait that follows. What queued while we
+  // were connected is older than the first attempt, which looks anyway.
+  if (watch_ == nullptr) {
+    watch_ = std::make_unique<SocketWatch>(options_.socket_path,
+                                           manager_wake_.get());
+  } else {
+    watch_->DiscardEvents();
+  }
   int quick_retries = 0;  // left after a socket event
   for (;;) {
     if (closing_) return;
@@ -2149,7 +2313,7 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     // or Close() (it writes manager_wake_ after setting closing_).
     const absl::Time wake = std::min(absl::Now() + backoff, deadline);
     mu_.Unlock();
-    const SocketWatch::Woken woken = watch.Wait(wake);
+    const SocketWatch::Woken woken = watch_->Wait(wake);
     mu_.Lock();
     if (woken == SocketWatch::Woken::kSocketEvent) {
       quick_retries = kSocketEventRetries;

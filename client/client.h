@@ -96,6 +96,8 @@
 
 namespace vfio_user {
 
+class SocketWatch;
+
 enum class ClientState {
   kConnected,     // attached; requests flow
   kReconnecting,  // connection lost; trying again until the deadline
@@ -319,6 +321,7 @@ class Client {
   struct Link;
   struct OutgoingRequest;
   struct ReplyWaiter;
+  struct RequestWindow;
   struct AccessSnapshot;
   class Notifier;
 
@@ -335,15 +338,36 @@ class Client {
                          DeviceDescription* description);
   absl::Status FetchDeviceInfo(Link& link, absl::Time deadline,
                                DeviceDescription* description);
-  absl::Status FetchRegions(Link& link, absl::Time deadline,
-                            DeviceDescription* description,
-                            std::vector<UniqueFd>* region_fds);
-  absl::StatusOr<RegionDescription> FetchRegionInfo(Link& link, uint32_t index,
-                                                    absl::Time deadline,
-                                                    UniqueFd* fd);
-  absl::Status FetchIrqs(Link& link, absl::Time deadline,
-                         DeviceDescription* description);
-  absl::Status ReplayJournal(Link& link, absl::Time deadline)
+  // The rest of an attach after DEVICE_GET_INFO, as one window of requests
+  // (CallManyOnLink): on a reconnect the device reset (if the policy asks
+  // and the device can) and the journal's replay, then GET_REGION_INFO for
+  // every region and GET_IRQ_INFO for every index. The server handles them
+  // in order, so the replay follows the reset and precedes the
+  // descriptions, as one at a time. Fills the regions and irqs of
+  // `description` (whose info is set) and `region_fds`. `reconnect`
+  // requires journal_mu_.
+  absl::Status Describe(Link& link, absl::Time deadline, bool reconnect,
+                        DeviceDescription* description,
+                        std::vector<UniqueFd>* region_fds)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // Checks a GET_REGION_INFO reply for `index` asked with *argsz. Returns
+  // the description (and its fd in *fd), or std::nullopt when the reply was
+  // truncated: *argsz is then the size to ask again with.
+  absl::StatusOr<std::optional<RegionDescription>> TakeRegionInfoReply(
+      uint32_t index, uint32_t* argsz, absl::StatusOr<Message> reply,
+      UniqueFd* fd);
+  // GET_REGION_INFO for `index` alone with `argsz`, after a window's reply
+  // was truncated (counts as the second of kRegionInfoAttempts).
+  absl::StatusOr<RegionDescription> RefetchRegionInfo(Link& link,
+                                                      uint32_t index,
+                                                      uint32_t argsz,
+                                                      absl::Time deadline,
+                                                      UniqueFd* fd);
+  absl::StatusOr<IrqInfo> TakeIrqInfoReply(uint32_t index,
+                                           absl::StatusOr<Message> reply);
+  // Appends the journal's replay to `window`: DMA_MAP for every mapping,
+  // then SET_IRQS for every wired eventfd and masked run.
+  absl::Status AddJournalReplay(Link& link, RequestWindow* window)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(journal_mu_);
   void StartReceiver(Link* link, bool twin);
   void ReceiveLoop(Link* link, bool twin);
@@ -380,6 +404,15 @@ class Client {
   // in flight (ReadMany): StartOnLink registers `waiter` (which must stay
   // put until FinishOnLink returns) and sends; an error means nothing was
   // registered. FinishOnLink waits for the reply, as CallOnLink.
+  // Several requests in flight at once (in windows of at most kMaxWindow):
+  // every request of a window is sent before its first reply is awaited,
+  // consecutive requests without fds in one sendmsg(). The server handles
+  // them in order. One reply (or failure) per request, in order; all share
+  // `deadline`. A request that could not be sent fails, and so does every
+  // later one.
+  std::vector<absl::StatusOr<Message>> CallManyOnLink(
+      Link& link, const std::deque<OutgoingRequest>& requests,
+      absl::Time deadline);
   absl::Status StartOnLink(Link& link, const OutgoingRequest& req,
                            absl::Time deadline, ReplyWaiter& waiter);
   absl::StatusOr<Message> FinishOnLink(Link& link, const OutgoingRequest& req,
@@ -461,6 +494,15 @@ class Client {
   // Written once by Close(): wakes a reconnect waiting for the server's
   // socket (SocketWatch), which a CondVar cannot.
   const UniqueFd manager_wake_;
+  // Watches the server's socket (SocketWatch) from the first time a
+  // connection attempt failed until the client is destroyed: setting a
+  // watch up or tearing it down costs more than a reconnect (the kernel
+  // flags every entry of the socket's directory, 8-17 ms for a busy /tmp,
+  // and other processes' operations in that directory wait meanwhile).
+  // While connected, its events queue in the kernel (bounded by
+  // fs.inotify.max_queued_events); Reconnect() discards them first. Used
+  // by Connect(), then by the manager thread only.
+  std::unique_ptr<SocketWatch> watch_;
   std::unique_ptr<Notifier> notifier_;
   std::thread manager_;
 };

@@ -94,6 +94,50 @@ TEST(ClientAttachTest, RegionInfoRetriesWithTheArgszTheServerNeeds) {
   EXPECT_EQ(bar0_argsz, (std::vector<uint32_t>{256, 32 + 336 + 16}));
 }
 
+TEST(ClientAttachTest, DescriptionsAreAskedInOneWindow) {
+  const FakeDeviceConfig config = DefaultDevice();
+  FakeServer server(TestSocketPath("window"), config);
+  // The server answers no GET_REGION_INFO or GET_IRQ_INFO until every one
+  // is in, then answers them in reverse order: a client that waited for
+  // each reply before asking the next would never complete the attach.
+  const size_t expected = config.regions.size() + config.irqs.size();
+  absl::Mutex mu;
+  std::vector<std::pair<Header, std::vector<uint8_t>>> held;
+  server.SetHook([&](FakeServer::Session& session, Message& request) {
+    std::vector<uint8_t> reply;
+    if (request.command() == Command::kDeviceGetRegionInfo) {
+      absl::StatusOr<RegionInfoRequest> asked =
+          DecodeRegionInfoRequest(request.payload);
+      EXPECT_TRUE(asked.ok()) << asked.status();
+      if (!asked.ok()) return FakeServer::HookResult::kDefault;
+      reply = EncodeRegionInfo(config.regions[asked->index], asked->argsz);
+    } else if (request.command() == Command::kDeviceGetIrqInfo) {
+      absl::StatusOr<IrqInfo> asked = DecodeIrqInfoRequest(request.payload);
+      EXPECT_TRUE(asked.ok()) << asked.status();
+      if (!asked.ok()) return FakeServer::HookResult::kDefault;
+      reply = EncodeIrqInfo(config.irqs[asked->index]);
+    } else {
+      return FakeServer::HookResult::kDefault;
+    }
+    absl::MutexLock lock(&mu);
+    held.emplace_back(request.header, std::move(reply));
+    if (held.size() == expected) {
+      for (auto it = held.rbegin(); it != held.rend(); ++it) {
+        EXPECT_OK(session.Reply(it->first, it->second));
+      }
+    }
+    return FakeServer::HookResult::kHandled;
+  });
+  std::unique_ptr<Client> client = MustConnect(OptionsFor(server));
+  ASSERT_NE(client, nullptr);
+  const DeviceDescription d = client->device();
+  ASSERT_EQ(d.regions.size(), config.regions.size());
+  ASSERT_EQ(d.irqs.size(), config.irqs.size());
+  EXPECT_EQ(d.regions[0].info.size, 8192u);
+  EXPECT_EQ(d.irqs[kPciMsixIrqIndex].count, 8u);
+  EXPECT_EQ(client->counters().timeouts, 0u);
+}
+
 TEST(ClientAttachTest, ConnectFailsCleanlyWithoutAServer) {
   ClientOptions options;
   options.socket_path = TestSocketPath("absent");

@@ -1,8 +1,15 @@
 // Reconnect: the server disappears (its sockets closed, as after kill -9)
 // while the client is busy; a new server comes up on the same path (or
 // never does). Deadlines are 1-3 s so every test stays fast.
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -225,6 +232,55 @@ TEST(ReconnectTest, ServerKilledWhileBusyReconnectsReplaysAndContinues) {
   EXPECT_EQ(seen.back().reconnects, 1u);
 }
 
+TEST(ReconnectTest, ResetReplayAndDescriptionsAreOneWindow) {
+  const std::string path = TestSocketPath("recowin");
+  const std::vector<uint8_t> content = PatternBytes(4096, 3);
+  auto server1 = std::make_unique<FakeServer>(path, DeviceWithContent(content));
+  ClientOptions options = OptionsFor(*server1);
+  absl::StatusOr<std::unique_ptr<Client>> connected = Client::Connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  Client& client = **connected;
+  absl::StatusOr<std::unique_ptr<GuestMemory>> ram = GuestMemory::Create(65536);
+  ASSERT_TRUE(ram.ok());
+  ASSERT_OK(client.DmaMap((*ram)->Region(kRamIova)));
+
+  server1->Kill();
+  server1.reset();
+  // The new server answers the reset only once the last GET_IRQ_INFO is
+  // in: a client that waited for the reset's reply before replaying and
+  // describing would never reconnect.
+  FakeServer server2(path, DeviceWithContent(content));
+  const uint32_t last_irq = DeviceWithContent(content).irqs.size() - 1;
+  absl::Mutex mu;
+  std::optional<Header> reset;
+  server2.SetHook([&](FakeServer::Session& session, Message& request) {
+    absl::MutexLock lock(&mu);
+    if (request.command() == Command::kDeviceReset) {
+      reset = request.header;
+      return FakeServer::HookResult::kHandled;
+    }
+    if (request.command() == Command::kDeviceGetIrqInfo && reset.has_value()) {
+      absl::StatusOr<IrqInfo> asked = DecodeIrqInfoRequest(request.payload);
+      if (asked.ok() && asked->index == last_irq) {
+        EXPECT_OK(session.Reply(*reset, {}));
+      }
+    }
+    return FakeServer::HookResult::kDefault;
+  });
+  const ClientStateInfo back =
+      client.AwaitState(ClientState::kConnected, absl::Seconds(20));
+  ASSERT_EQ(back.state, ClientState::kConnected) << back.last_error;
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(reset.has_value());
+  }
+  ASSERT_EQ(server2.dma_maps().size(), 1u);  // replayed after the reset
+  EXPECT_EQ(server2.dma_maps()[0].request.address, kRamIova);
+  absl::StatusOr<std::vector<uint8_t>> got = client.Read(2, 0, 16);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(std::equal(got->begin(), got->end(), content.begin()));
+}
+
 TEST(ReconnectTest, ServerNeverComesBackFailsAtTheDeadline) {
   FakeServer server(TestSocketPath("never"), DefaultDevice());
   StateRecorder states;
@@ -390,6 +446,24 @@ TEST(ReconnectTest, CloseWhileReconnectingCancelsWaiters) {
   EXPECT_EQ(ErrnoOf(waiting), ECANCELED) << waiting;
 }
 
+// The inotify instances this process has open (their fd numbers).
+std::vector<int> InotifyFds() {
+  std::vector<int> fds;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return fds;
+  while (const struct dirent* entry = ::readdir(dir)) {
+    char target[64] = {};
+    const std::string link = std::string("/proc/self/fd/") + entry->d_name;
+    const ssize_t n = ::readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n > 0 && std::string(target, n) == "anon_inode:inotify") {
+      fds.push_back(std::atoi(entry->d_name));
+    }
+  }
+  ::closedir(dir);
+  std::sort(fds.begin(), fds.end());
+  return fds;
+}
+
 TEST(ReconnectTest, ReconnectsAsSoonAsTheServersSocketIsCreatedAgain) {
   // A backoff far longer than the test: only the socket watch can bring the
   // client back in time (client/socket_watch.h).
@@ -413,6 +487,20 @@ TEST(ReconnectTest, ReconnectsAsSoonAsTheServersSocketIsCreatedAgain) {
                 .state,
             ClientState::kConnected);
   EXPECT_OK((*client)->Read(2, 0, 4).status());
+  // The watch is kept for the next loss (setting one up costs more than a
+  // reconnect), and serves it: a second restart is seen as fast.
+  const std::vector<int> watches = InotifyFds();
+  EXPECT_EQ(watches.size(), 1u);
+  server2->Kill();
+  server2.reset();
+  ASSERT_EQ((*client)->AwaitState(ClientState::kReconnecting, absl::Seconds(10))
+                .state,
+            ClientState::kReconnecting);
+  server2 = std::make_unique<FakeServer>(path, DefaultDevice());
+  EXPECT_EQ((*client)->AwaitState(ClientState::kConnected, absl::Seconds(60))
+                .state,
+            ClientState::kConnected);
+  EXPECT_EQ(InotifyFds(), watches);
   // Close() ends a reconnect wait at once as well.
   server2->Kill();
   ASSERT_EQ((*client)->AwaitState(ClientState::kReconnecting, absl::Seconds(10))

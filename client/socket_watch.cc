@@ -52,6 +52,10 @@ SocketWatch::Woken SocketWatch::Wait(absl::Time deadline) {
   }
 }
 
+void SocketWatch::DiscardEvents() {
+  if (inotify_.valid()) DrainEvents();
+}
+
 bool SocketWatch::DrainEvents() {
   bool named = false;
   alignas(struct inotify_event) char buf[4096];

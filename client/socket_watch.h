@@ -8,7 +8,10 @@
 // no permission), Wait() sleeps until the deadline or the wake-up: the
 // backoff alone then paces the attempts.
 //
-// Thread-safety: Wait() from one thread at a time.
+// A watch is meant to be kept: setting one up and closing it each cost
+// time proportional to the directory's entries (the kernel flags each).
+//
+// Thread-safety: Wait() and DiscardEvents() from one thread at a time.
 #ifndef VFIO_USER_CLIENT_SOCKET_WATCH_H_
 #define VFIO_USER_CLIENT_SOCKET_WATCH_H_
 
@@ -36,6 +39,9 @@ class SocketWatch {
   // Sleeps until the socket's name shows up in the directory, `wake_fd`
   // becomes readable, or `deadline`.
   Woken Wait(absl::Time deadline);
+
+  // Forgets the events queued so far (a later Wait() sees only newer ones).
+  void DiscardEvents();
 
  private:
   // Reads every queued event; true if one named the socket (or the queue

@@ -57,6 +57,20 @@ TEST_F(SocketWatchTest, ReportsTheSocketBeingCreated) {
             SocketWatch::Woken::kSocketEvent);
 }
 
+TEST_F(SocketWatchTest, DiscardedEventsDoNotWakeItButNewOnesDo) {
+  const std::string path = dir_ + "/dev.sock";
+  SocketWatch watch(path, -1);
+  UniqueFd first = BindAt(path);
+  watch.DiscardEvents();
+  EXPECT_EQ(watch.Wait(absl::Now() + absl::Milliseconds(50)),
+            SocketWatch::Woken::kDeadline);
+  first.Reset();
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  UniqueFd second = BindAt(path);
+  EXPECT_EQ(watch.Wait(absl::Now() + absl::Minutes(5)),
+            SocketWatch::Woken::kSocketEvent);
+}
+
 TEST_F(SocketWatchTest, ReportsTheSocketBeingMovedIntoPlace) {
   const std::string path = dir_ + "/dev.sock";
   SocketWatch watch(path, -1);
