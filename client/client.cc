@@ -1478,18 +1478,21 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
     }
     // We hold the reader role: read one message and dispatch it (ours or
     // another requester's reply, or a server request).
+    // (`waiter.done` may be set by another thread meanwhile, under io_mu:
+    // not read here. A reply placed for a request that failed meanwhile
+    // only wrote into the caller's buffer, which outlives this call.)
     absl::StatusOr<bool> received = link.main->ReceiveInto(
         &message, deadline,
-        waiter.done || waiter.placement.into.empty() ? nullptr
-                                                     : &waiter.placement);
+        waiter.placement.into.empty() ? nullptr : &waiter.placement);
     if (received.ok()) {
       if (!*received) continue;
       const Header& h = message.header;
-      if (!waiter.done && waiter.registered && h.msg_id == waiter.msg_id &&
-          h.is_reply() && link.tracker.Claim(h.msg_id, h.cmd)) {
-        // Our own reply: kept where it was received, no callback. As in
-        // ReplyWaiter::Deliver, nobody else looks at `waiter` while we hold
-        // the reader role and run.
+      if (waiter.registered && h.msg_id == waiter.msg_id && h.is_reply() &&
+          link.tracker.Claim(h.msg_id, h.cmd)) {
+        // Our own reply: kept where it was received, no callback. Claim()
+        // took the request out of the tracker, so no other thread can
+        // resolve it now: the result fields are ours (as in
+        // ReplyWaiter::Deliver's own-thread case).
         absl::Status status = ReplyStatus(message);
         if (status.ok()) {
           waiter.result.emplace(std::move(message));

@@ -12,6 +12,16 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+// 1 when the hot socket calls (sendmsg, recvmsg, epoll_wait) bypass libc
+// (raw syscall(2): no cancellation-point wrappers). ThreadSanitizer learns
+// happens-before edges through fds from libc's wrappers, so its builds keep
+// them (--config=tsan defines VFIO_USER_TSAN).
+#if defined(VFIO_USER_TSAN) || defined(__SANITIZE_THREAD__)
+#define VFIO_USER_RAW_SOCKET_SYSCALLS 0
+#else
+#define VFIO_USER_RAW_SOCKET_SYSCALLS 1
+#endif
+
 namespace vfio_user {
 
 class Os {

@@ -12,6 +12,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "core/errno_status.h"
+#include "core/os.h"
 
 namespace vfio_user {
 
@@ -166,10 +167,14 @@ void EventLoop::Run() {
   constexpr int kMaxEvents = 64;
   epoll_event events[kMaxEvents];
   while (!stop_.load()) {
+#if VFIO_USER_RAW_SOCKET_SYSCALLS
     // The raw syscall: libc's epoll_wait() is a pthread cancellation point
     // (two extra calls per wake-up; we never cancel threads).
     int n = static_cast<int>(::syscall(SYS_epoll_wait, epoll_fd_.get(), events,
                                        kMaxEvents, NextTimeoutMs()));
+#else
+    int n = ::epoll_wait(epoll_fd_.get(), events, kMaxEvents, NextTimeoutMs());
+#endif
     if (n < 0) {
       if (errno == EINTR) continue;
       break;  // epoll fd broken: nothing sensible left to do
