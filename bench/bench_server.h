@@ -75,6 +75,11 @@ class BenchServer {
   // server's control thread; per-call nanoseconds.
   std::vector<double> DmaLoop(bool mmap_device, bool write, uint64_t iova,
                               uint64_t size, int iters);
+  // Like DmaLoop on the mmap device, but the control thread holds the
+  // mapping of [iova, iova + size) with one Device::WithDmaMapping around
+  // the loop and copies through it: per-copy nanoseconds.
+  std::vector<double> HeldDmaLoop(bool write, uint64_t iova, uint64_t size,
+                                  int iters);
   // The same number of memcpy() calls of `size` bytes in the server.
   std::vector<double> MemcpyLoop(uint64_t size, int iters);
   // Stamps shared()->trigger_ns and raises MSI vector 0 of the trap device

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "core/errno_status.h"
@@ -479,9 +480,20 @@ absl::Status Device::DmaWrite(uint64_t iova, absl::Span<const uint8_t> in) {
   return DmaAccess(iova, const_cast<uint8_t*>(in.data()), in.size(), /*write=*/true);
 }
 
-absl::Status Device::DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool write) {
+absl::Status Device::DmaUnavailableError() const {
   if (!dma_) return ErrnoError(ENODEV, "device is not being served");
-  if (session_ == nullptr) return ErrnoError(ENOTCONN, "no client attached");
+  return ErrnoError(ENOTCONN, "no client attached");
+}
+
+absl::Status Device::WithDmaMapping(
+    uint64_t iova, size_t len, bool write,
+    absl::FunctionRef<void(absl::Span<uint8_t>)> fn) {
+  if (ABSL_PREDICT_FALSE(!DmaAvailable())) return DmaUnavailableError();
+  return dma_->WithMappedRange(iova, len, write, fn);
+}
+
+absl::Status Device::DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool write) {
+  if (ABSL_PREDICT_FALSE(!DmaAvailable())) return DmaUnavailableError();
   absl::Status direct = write ? dma_->Write(iova, absl::Span<const uint8_t>(buf, len))
                               : dma_->Read(iova, absl::Span<uint8_t>(buf, len));
   if (direct.ok() || !IsMessageOnly(direct)) return direct;

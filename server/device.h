@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -159,6 +160,18 @@ class Device {
   // EPERM against the map's protection, ENOTCONN without a client.
   absl::Status DmaRead(uint64_t iova, absl::Span<uint8_t> out);
   absl::Status DmaWrite(uint64_t iova, absl::Span<const uint8_t> in);
+  // Zero-copy guest-memory access (like libvfio-user's vfu_sgl_get/put):
+  // runs fn(span) on the server's mapping of [iova, iova + len), which must
+  // lie within one map the client passed with an fd; the mapping is held
+  // (DMA_UNMAP waits) until fn returns. A device that touches a buffer many
+  // times (a ring, a 4 KiB block in pieces) pays the lookup once instead of
+  // per DmaRead/DmaWrite: inside fn every access is a plain load or store.
+  // Errors as DmaTable::WithMappedRange (EFAULT, EPERM, IsMessageOnly() for
+  // a map without an fd: use DmaRead/DmaWrite then), plus ENOTCONN without
+  // a client. REQUIRES: len > 0; fn is short and does not call back into
+  // DMA (it delays DMA_MAP/DMA_UNMAP). Any thread.
+  absl::Status WithDmaMapping(uint64_t iova, size_t len, bool write,
+                              absl::FunctionRef<void(absl::Span<uint8_t>)> fn);
   // Host pointer of a memory-backed region (nullptr otherwise).
   uint8_t* RegionMemory(uint32_t index);
   // The loop serving this device (nullptr before it is served).
@@ -213,6 +226,11 @@ class Device {
   };
 
   absl::Status DmaAccess(uint64_t iova, uint8_t* buf, size_t len, bool write);
+  // True if guest memory is reachable: the device is served and a client
+  // is attached. Otherwise DmaUnavailableError() says which (ENODEV,
+  // ENOTCONN).
+  bool DmaAvailable() const { return dma_ != nullptr && session_ != nullptr; }
+  absl::Status DmaUnavailableError() const;
   void ApplyIntxLevel(bool asserted);
   absl::Status CheckAccess(uint32_t index, uint64_t offset, size_t len,
                            bool write, const Region** region) const;

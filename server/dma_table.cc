@@ -390,41 +390,80 @@ absl::Status DmaTable::CollectDirectLocked(uint64_t iova, uint64_t len,
   return absl::OkStatus();
 }
 
-absl::Status DmaTable::Access(uint64_t iova, uint8_t* buf, size_t len,
-                              bool write) const {
-  absl::ReaderMutexLock lock(&mu_);
+const DmaTable::Region* DmaTable::SingleMmapRegionLocked(uint64_t iova,
+                                                         uint64_t len,
+                                                         bool write) const {
+  if (len == 0) return nullptr;
+  const auto it = FindLocked(iova);
+  if (it == regions_.end()) return nullptr;
+  const Region& region = it->second;
+  const uint32_t needed = write ? kDmaMapFlagWrite : kDmaMapFlagRead;
+  // iova <= region.last, so the subtraction is exact and nothing wraps.
+  if (region.backing != DmaBacking::kMmap || (region.flags & needed) == 0 ||
+      len - 1 > region.last - iova) {
+    return nullptr;
+  }
+  return &region;
+}
+
+bool DmaTable::CopyMapped(const Region& region, uint64_t iova, uint8_t* buf,
+                          size_t len, bool write) {
+  if (region.mapping.poisoned()) return false;
+  uint8_t* host = region.mapping.base() + (iova - region.iova);
+  ScopedMappedAccess guard(host, len);
+  if (write) {
+    std::memcpy(host, buf, len);
+  } else {
+    std::memcpy(buf, host, len);
+  }
+  if (guard.faulted()) {
+    region.mapping.Poison();
+    return false;
+  }
+  return true;
+}
+
+absl::Status DmaTable::AccessPiecesLocked(uint64_t iova, uint8_t* buf,
+                                          size_t len, bool write,
+                                          size_t* done) const {
   Pieces pieces;
   absl::Status status = CollectDirectLocked(
       iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces);
   if (!status.ok()) return status;
-  size_t done = 0;
   for (const Piece& piece : pieces) {
     const Region& region = *piece.region;
-    const uint64_t into = piece.iova - region.iova;
-    uint8_t* chunk = buf + done;
+    uint8_t* chunk = buf + *done;
     if (region.backing == DmaBacking::kMmap) {
-      if (region.mapping.poisoned()) {
-        status = VanishedError(region.iova);
-        break;
-      }
-      uint8_t* host = region.mapping.base() + into;
-      ScopedMappedAccess guard(host, piece.length);
-      if (write) {
-        std::memcpy(host, chunk, piece.length);
-      } else {
-        std::memcpy(chunk, host, piece.length);
-      }
-      if (guard.faulted()) {
-        region.mapping.Poison();
-        status = VanishedError(region.iova);
-        break;
+      if (!CopyMapped(region, piece.iova, chunk, piece.length, write)) {
+        return VanishedError(region.iova);
       }
     } else {
       status = FileIo(region.fd.get(), chunk, piece.length,
-                      region.offset + into, write);
-      if (!status.ok()) break;
+                      region.offset + (piece.iova - region.iova), write);
+      if (!status.ok()) return status;
     }
-    done += piece.length;
+    *done += piece.length;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DmaTable::Access(uint64_t iova, uint8_t* buf, size_t len,
+                              bool write) const {
+  absl::ReaderMutexLock lock(&mu_);
+  absl::Status status;
+  size_t done = 0;
+  // The common case -- the whole access inside one mmap-backed map with the
+  // right protection -- needs no piece list; anything else (several maps,
+  // file I/O, messages, errors) takes the general path.
+  const Region* region = SingleMmapRegionLocked(iova, len, write);
+  if (region != nullptr) {
+    if (CopyMapped(*region, iova, buf, len, write)) {
+      done = len;
+    } else {
+      status = VanishedError(region->iova);
+    }
+  } else {
+    status = AccessPiecesLocked(iova, buf, len, write, &done);
   }
   if (write) {
     // The whole range, conservatively: a failed pwrite may have changed part
@@ -470,16 +509,18 @@ absl::Status DmaTable::WithMappedRange(
     absl::FunctionRef<void(absl::Span<uint8_t>)> fn) {
   if (len == 0) return ErrnoError(EINVAL, "DMA range of length 0");
   absl::ReaderMutexLock lock(&mu_);
-  Pieces pieces;
-  absl::Status status = CollectDirectLocked(
-      iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces);
-  if (!status.ok()) return status;
-  if (pieces.size() != 1 || pieces[0].region->backing != DmaBacking::kMmap) {
+  const Region* single = SingleMmapRegionLocked(iova, len, write);
+  if (single == nullptr) {
+    // Not one mmap-backed map with the right protection: find out why.
+    Pieces pieces;
+    absl::Status status = CollectDirectLocked(
+        iova, len, write ? kDmaMapFlagWrite : kDmaMapFlagRead, &pieces);
+    if (!status.ok()) return status;
     return ErrnoError(
         EFAULT, absl::StrFormat("DMA range 0x%x+0x%x is not one host mapping",
                                 iova, len));
   }
-  const Region& region = *pieces[0].region;
+  const Region& region = *single;
   if (region.mapping.poisoned()) return VanishedError(region.iova);
   uint8_t* host = region.mapping.base() + (iova - region.iova);
   {

@@ -316,6 +316,22 @@ class DmaTable {
   // Read() and Write(): copies between `buf` and [iova, iova + len).
   absl::Status Access(uint64_t iova, uint8_t* buf, size_t len,
                       bool write) const;
+  // Access() of a range that is not inside one mmap-backed map: splits it
+  // into pieces and copies them in order; `*done` counts the bytes copied.
+  absl::Status AccessPiecesLocked(uint64_t iova, uint8_t* buf, size_t len,
+                                  bool write, size_t* done) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The map holding all of [iova, iova + len) if it is mmap-backed and
+  // grants the access (READ, or WRITE if `write`); nullptr otherwise (also
+  // for len == 0). The common case of an access: no piece list needed.
+  const Region* SingleMmapRegionLocked(uint64_t iova, uint64_t len,
+                                       bool write) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Copies between `buf` and [iova, iova + len) of the mmap-backed `region`
+  // (which holds the range) under a ScopedMappedAccess. False if the map is
+  // poisoned or a page vanished during the copy (the map is poisoned then).
+  static bool CopyMapped(const Region& region, uint64_t iova, uint8_t* buf,
+                         size_t len, bool write);
 
   // Adds logged ranges covering the pages of [first, last] not yet covered
   // (logging everything). ENOMEM over budget; nothing is added then.

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -279,6 +280,35 @@ TEST_F(DmaTableTest, AccessSpansAdjacentMaps) {
   EXPECT_EQ((*segs)[2].iova, 0x12000u);
   EXPECT_EQ((*segs)[2].length, 10u);
   EXPECT_EQ((*segs)[2].backing, DmaBacking::kFileIo);
+}
+
+// An access inside one mmap-backed map takes a fast path (no piece list);
+// its edges must behave as the general path does.
+TEST_F(DmaTableTest, SingleMapAccessEdges) {
+  UniqueFd memfd = MakeMemfd(4 * kPage);
+  ASSERT_TRUE(table_.Map(Req(kPage, 2 * kPage), Dup(memfd)).ok());
+  ASSERT_TRUE(
+      table_.Map(Req(3 * kPage, kPage, kDmaMapFlagRead, 2 * kPage), Dup(memfd))
+          .ok());
+  // Ends on the last byte of the first map: one map.
+  std::vector<uint8_t> buf(16, 0x11);
+  ASSERT_TRUE(table_.Read(3 * kPage - 16, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(buf[15], Pattern(2 * kPage - 1));
+  // One byte further it spans into the read-only map: a write fails whole.
+  EXPECT_EQ(ErrnoOf(table_.Write(3 * kPage - 15, buf)), EPERM);
+  EXPECT_EQ(PreadAll(memfd, 2 * kPage - 15, 1)[0], Pattern(2 * kPage - 15));
+  // Inside the read-only map alone: read yes, write no.
+  EXPECT_TRUE(table_.Read(3 * kPage, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(ErrnoOf(table_.Write(3 * kPage, buf)), EPERM);
+  // Past the end of the last map, starting inside it: nothing copied.
+  std::fill(buf.begin(), buf.end(), 0x22);
+  EXPECT_EQ(ErrnoOf(table_.Read(4 * kPage - 8, absl::MakeSpan(buf))), EFAULT);
+  EXPECT_EQ(buf[0], 0x22);
+  // Zero length: nothing to do.
+  EXPECT_TRUE(table_.Read(0, absl::Span<uint8_t>()).ok());
+  const DmaTableCounters c = table_.counters();
+  EXPECT_EQ(c.bytes_read, 32u);
+  EXPECT_EQ(c.bytes_written, 0u);
 }
 
 TEST_F(DmaTableTest, GapFaultsWithoutCopying) {

@@ -10,16 +10,17 @@
 #include <mutex>
 
 namespace vfio_user {
+namespace mapped_memory_internal {
+
+__thread GuardState t_guard = {0, 0, false};
+std::atomic<bool> g_handler_installed{false};
+
+}  // namespace mapped_memory_internal
+
 namespace {
 
-// The range the current thread is touching (end == 0: none). Plain data, so
-// the signal handler may read and write it.
-struct GuardState {
-  uintptr_t begin;
-  uintptr_t end;
-  bool faulted;
-};
-thread_local GuardState t_guard = {0, 0, false};
+using mapped_memory_internal::GuardState;
+using mapped_memory_internal::t_guard;
 
 struct sigaction g_previous_action;
 uintptr_t g_page_size = 4096;
@@ -73,34 +74,9 @@ void InstallMappedMemoryFaultHandler() {
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
     ::sigaction(SIGBUS, &action, &g_previous_action);
+    mapped_memory_internal::g_handler_installed.store(
+        true, std::memory_order_release);
   });
-}
-
-ScopedMappedAccess::ScopedMappedAccess(const void* begin, size_t len) {
-  InstallMappedMemoryFaultHandler();
-  GuardState& guard = t_guard;
-  saved_begin_ = guard.begin;
-  saved_end_ = guard.end;
-  saved_faulted_ = guard.faulted;
-  guard.begin = reinterpret_cast<uintptr_t>(begin);
-  guard.end = guard.begin + len;
-  guard.faulted = false;
-  // The handler must see the range before the first access.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-}
-
-ScopedMappedAccess::~ScopedMappedAccess() {
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  GuardState& guard = t_guard;
-  guard.begin = saved_begin_;
-  guard.end = saved_end_;
-  guard.faulted = saved_faulted_;
-}
-
-bool ScopedMappedAccess::faulted() const {
-  // The handler writes this on the same thread: no reordering across here.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  return t_guard.faulted;
 }
 
 }  // namespace vfio_user

@@ -23,6 +23,7 @@
 #ifndef VFIO_USER_SERVER_MAPPED_MEMORY_GUARD_H_
 #define VFIO_USER_SERVER_MAPPED_MEMORY_GUARD_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -31,23 +32,57 @@ namespace vfio_user {
 // Installs the SIGBUS handler (idempotent, thread-safe).
 void InstallMappedMemoryFaultHandler();
 
+namespace mapped_memory_internal {
+// The range the current thread is touching (end == 0: none). Plain data,
+// so the signal handler may read and write it; `__thread` (not
+// thread_local) because it is constant-initialized: no TLS init wrapper on
+// the access path.
+struct GuardState {
+  uintptr_t begin;
+  uintptr_t end;
+  bool faulted;
+};
+extern __thread GuardState t_guard;
+// Set once the handler is installed.
+extern std::atomic<bool> g_handler_installed;
+}  // namespace mapped_memory_internal
+
+// Inline: a guard costs a few thread-local stores (no syscall, no lock), so
+// that it stays cheap beside a 4 KiB copy (bench/shm_bench).
 class ScopedMappedAccess {
  public:
   // The calling thread is about to touch [begin, begin + len) of a client
   // mapping.
-  ScopedMappedAccess(const void* begin, size_t len);
-  ~ScopedMappedAccess();
+  ScopedMappedAccess(const void* begin, size_t len) {
+    if (!mapped_memory_internal::g_handler_installed.load(
+            std::memory_order_acquire)) {
+      InstallMappedMemoryFaultHandler();
+    }
+    mapped_memory_internal::GuardState& guard = mapped_memory_internal::t_guard;
+    saved_ = guard;
+    guard.begin = reinterpret_cast<uintptr_t>(begin);
+    guard.end = guard.begin + len;
+    guard.faulted = false;
+    // The handler must see the range before the first access.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~ScopedMappedAccess() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    mapped_memory_internal::t_guard = saved_;
+  }
   ScopedMappedAccess(const ScopedMappedAccess&) = delete;
   ScopedMappedAccess& operator=(const ScopedMappedAccess&) = delete;
 
   // True if a page of the range vanished (SIGBUS) since construction; the
   // data read or written is then meaningless.
-  bool faulted() const;
+  bool faulted() const {
+    // The handler writes this on the same thread: no reordering across here.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return mapped_memory_internal::t_guard.faulted;
+  }
 
  private:
-  uintptr_t saved_begin_;
-  uintptr_t saved_end_;
-  bool saved_faulted_;
+  mapped_memory_internal::GuardState saved_;
 };
 
 }  // namespace vfio_user

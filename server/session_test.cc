@@ -308,6 +308,10 @@ TEST_F(SessionTest, IntxHonorsCommandInterruptDisable) {
 }
 
 TEST_F(SessionTest, DmaThroughMmapAndByMessage) {
+  // No client yet: no guest memory.
+  EXPECT_EQ(ErrnoOf(dev_->device().WithDmaMapping(
+                0x10000, 4, false, [](absl::Span<uint8_t>) { ADD_FAILURE(); })),
+            ENOTCONN);
   for (bool twin : {false, true}) {
     SCOPED_TRACE(twin ? "twin socket" : "main socket");
     auto c = Attach(twin ? R"({"capabilities":{"max_msg_fds":16,"twin_socket":{"supported":true}}})"
@@ -369,6 +373,23 @@ TEST_F(SessionTest, DmaThroughMmapAndByMessage) {
     // Outside every map.
     uint8_t b[4];
     EXPECT_EQ(ErrnoOf(dev_->device().DmaRead(0x900000, absl::MakeSpan(b))), EFAULT);
+    // A held mapping: the device sees the fd-backed memory itself, and is
+    // sent to DmaRead/DmaWrite for the message-backed one.
+    bool ran = false;
+    ASSERT_TRUE(dev_->device()
+                    .WithDmaMapping(0x10000 + 0x200, 0x3000, /*write=*/true,
+                                    [&](absl::Span<uint8_t> m) {
+                                      ran = true;
+                                      EXPECT_EQ(std::memcmp(m.data(), guest.data() + 0x100, m.size()), 0);
+                                      m[0] = 0x5e;
+                                    })
+                    .ok());
+    EXPECT_TRUE(ran);
+    ASSERT_TRUE(dev_->device().DmaRead(0x10000 + 0x200, absl::MakeSpan(b, 1)).ok());
+    EXPECT_EQ(b[0], 0x5e);
+    auto never = [](absl::Span<uint8_t>) { ADD_FAILURE() << "must not run"; };
+    EXPECT_TRUE(IsMessageOnly(dev_->device().WithDmaMapping(0x100000, 4, false, never)));
+    EXPECT_EQ(ErrnoOf(dev_->device().WithDmaMapping(0x900000, 4, false, never)), EFAULT);
     // Unmap-all drops everything.
     DmaUnmapRequest unmap;
     unmap.flags = kDmaUnmapFlagAll;

@@ -324,6 +324,7 @@ bool CondVar::WaitWithDeadline(Mutex* mu, absl::Time deadline) {
 //    TSan does not see), not by our locks.
 extern "C" const char* __tsan_default_suppressions() {
   return "race:vfio_user::DmaTable::Access\n"
+         "race:vfio_user::DmaTable::CopyMapped\n"
          "race:vfio_user::DmaTable::WithMappedRange\n"
          "race:vfio_user::DmaSpace::Read\n"
          "race:vfio_user::DmaSpace::Write\n";
