@@ -283,10 +283,11 @@ void FuzzServer::OpReply() {
   DrainClient(absl::ZeroDuration());
   if (pending_.empty()) DrainClient(kAwaitRequest);
   if (pending_.empty()) return;
-  // The client issues requests one at a time: the newest is the one it
-  // waits for (older ones timed out).
-  const Header request = pending_.back();
-  if (!(mode & 8)) pending_.clear();
+  // Answered in the order they came, as a real server does (the client
+  // sends windows of requests, e.g. its attach); a request the script never
+  // answered gets its reply late, which the client must drop.
+  const Header request = pending_.front();
+  if (!(mode & 8)) pending_.pop_front();
   Header h;
   h.msg_id = static_cast<uint16_t>(request.msg_id + ((mode & 2) ? 1 : 0));
   h.cmd = static_cast<uint16_t>(request.cmd + ((mode & 4) ? 1 : 0));

@@ -33,8 +33,9 @@ inline constexpr uint8_t kClientConfigSmallChunks = 0x04;  // 64-byte region chu
 inline constexpr uint8_t kClientConfigNoRetry = 0x08;    // no retry of idempotent reads
 
 enum class ClientFuzzOp : uint8_t {
-  // u8 mode, u32 errno, u8 fds, u16 len, len bytes: a reply to the newest
-  // request the client sent (waiting briefly for one if none is pending).
+  // u8 mode, u32 errno, u8 fds, u16 len, len bytes: a reply to the oldest
+  // request of the client's not answered yet (waiting briefly for one if
+  // none is pending).
   // mode bit 0: Error flag with that errno; bit 1: msg_id + 1; bit 2: cmd + 1;
   // bit 3: the request stays pending (the next reply answers it again);
   // bit 4: No_reply flag set.
