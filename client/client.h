@@ -250,7 +250,9 @@ class Client {
   // Reads `out.size()` bytes of `region` at `offset`, in chunks of the
   // negotiated size. Local checks first (EINVAL: bad index, not readable,
   // out of bounds). A reply with a different count, offset or region than
-  // asked is EPROTO.
+  // asked is EPROTO. The data is received from the socket straight into
+  // `out` when the calling thread reads the reply itself; if the call
+  // fails, the contents of `out` are unspecified.
   absl::Status Read(uint32_t region, uint64_t offset, absl::Span<uint8_t> out);
   absl::StatusOr<std::vector<uint8_t>> Read(uint32_t region, uint64_t offset,
                                             uint64_t size);
