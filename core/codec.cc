@@ -990,6 +990,19 @@ absl::StatusOr<DmaAccess> DecodeDmaWriteReply(ByteSpan payload) {
   return a;
 }
 
+absl::Status CheckDmaWriteReply(ByteSpan payload, uint64_t address,
+                                uint64_t count) {
+  absl::StatusOr<DmaAccess> reply = DecodeDmaWriteReply(payload);
+  if (!reply.ok()) return reply.status();
+  if (!payload.empty() && (reply->address != address || reply->count != count)) {
+    return ErrnoError(
+        EPROTO, absl::StrCat("DMA_WRITE reply for 0x", absl::Hex(reply->address),
+                             "+", reply->count, " answers a request for 0x",
+                             absl::Hex(address), "+", count));
+  }
+  return absl::OkStatus();
+}
+
 // ---- DEVICE_RESET ----
 
 absl::Status DecodeEmptyPayload(ByteSpan payload) {

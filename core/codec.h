@@ -265,6 +265,11 @@ absl::StatusOr<DmaAccess> DecodeDmaReadReply(ByteSpan payload,
                                              uint64_t requested_count);
 // DMA_WRITE reply: 16 bytes (spec/lvu), 12 bytes, or empty (QEMU).
 absl::StatusOr<DmaAccess> DecodeDmaWriteReply(ByteSpan payload);
+// Checks the DMA_WRITE reply to a request for [address, +count): decodes it
+// and, unless it is QEMU's empty reply, requires the echoed address and
+// count to be the request's (EPROTO otherwise).
+absl::Status CheckDmaWriteReply(ByteSpan payload, uint64_t address,
+                                uint64_t count);
 
 // ---- DEVICE_RESET (13): no payload either way ----
 // A reset request with a payload is rejected (EINVAL).

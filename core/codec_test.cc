@@ -767,6 +767,21 @@ TEST(DmaAccessGolden, QemuLegacyLayout) {
   EXPECT_EQ(wr0->count, 0u);
 }
 
+TEST(DmaAccessGolden, WriteReplyMustEchoTheRequest) {
+  const Bytes spec = EncodeDmaAccessHeader(0x7000, 64);
+  EXPECT_TRUE(CheckDmaWriteReply(Span(spec), 0x7000, 64).ok());
+  EXPECT_EQ(ErrnoOf(CheckDmaWriteReply(Span(spec), 0x7008, 64)), EPROTO);
+  EXPECT_EQ(ErrnoOf(CheckDmaWriteReply(Span(spec), 0x7000, 32)), EPROTO);
+  const Bytes legacy = EncodeDmaAccessHeader(0x7000, 64, DmaLayout::kQemuLegacy);
+  EXPECT_TRUE(CheckDmaWriteReply(Span(legacy), 0x7000, 64).ok());
+  EXPECT_EQ(ErrnoOf(CheckDmaWriteReply(Span(legacy), 0x6000, 64)), EPROTO);
+  // QEMU's header-only reply echoes nothing.
+  EXPECT_TRUE(CheckDmaWriteReply(ByteSpan(), 0x7000, 64).ok());
+  // Malformed: the decoder's error.
+  const Bytes odd(5, 0);
+  EXPECT_EQ(ErrnoOf(CheckDmaWriteReply(Span(odd), 0x7000, 64)), EINVAL);
+}
+
 TEST(DmaAccessGolden, HeaderToBuffer) {
   uint8_t out[16];
   EncodeDmaAccessHeaderTo(0xAABB, 0x10, DmaLayout::kSpec, out);

@@ -103,8 +103,8 @@ absl::Status DmaChannel::Exchange(uint64_t iova, uint8_t* buf, size_t len,
     return ErrnoError(SanitizePeerErrno(h.error), "client failed DMA request");
   }
   if (write) {
-    absl::StatusOr<DmaAccess> reply = DecodeDmaWriteReply(ByteSpan(reply_.payload));
-    if (!reply.ok()) return reply.status();
+    absl::Status checked = CheckDmaWriteReply(ByteSpan(reply_.payload), iova, len);
+    if (!checked.ok()) return checked;
     device_->dma().MarkDirty(iova, len);
     return absl::OkStatus();
   }

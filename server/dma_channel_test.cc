@@ -510,6 +510,24 @@ TEST_P(DmaChannelTest, ReadReplyOfTheRightSizeForAnotherAddressFails) {
   EXPECT_EQ(buf, client_->Memory(kGuestBase + 64, 64));
 }
 
+TEST_P(DmaChannelTest, WriteReplyForAnotherAddressFails) {
+  StartChannel({}, [this](size_t index, const ClientRequest& req) {
+    if (index != 0) {
+      client_->AnswerFromMemory(req);
+      return;
+    }
+    client_->Send(MakeReply(req.header,
+                            EncodeDmaAccessHeader(req.address + 8, req.count)));
+  });
+  std::optional<absl::Status> first = Write(kGuestBase, Pattern(32, 3));
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(ErrnoOf(*first), EPROTO) << *first;
+  std::optional<absl::Status> second = Write(kGuestBase, Pattern(32, 4));
+  ASSERT_TRUE(second.has_value());
+  EXPECT_TRUE(second->ok()) << *second;
+  EXPECT_EQ(client_->Memory(kGuestBase, 32), Pattern(32, 4));
+}
+
 TEST_P(DmaChannelTest, LargeReadArrivesWhole) {
   StartChannel({});
   std::vector<uint8_t> buf(Connection::kReadAheadBytes * 2 + 100);

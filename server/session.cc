@@ -583,8 +583,8 @@ void Session::HandleReply(Message& msg) {
       std::memcpy(op->out + op->done_bytes, reply->data.data(), op->chunk);
     }
   } else {
-    auto reply = DecodeDmaWriteReply(ByteSpan(msg.payload));
-    if (!reply.ok()) result = reply.status();
+    result = CheckDmaWriteReply(ByteSpan(msg.payload), op->iova + op->done_bytes,
+                                op->chunk);
   }
   if (!result.ok()) {
     op->done(result);

@@ -46,6 +46,10 @@ TEST(ManyDevicesTest, ThousandDevicesOnOneLoop) {
   ASSERT_TRUE(loop.ok());
   const int threads_before = CountThreads();
   (*loop)->StartThread();
+  // The loop's thread (and, under ThreadSanitizer, its runtime's background
+  // thread, started with the first thread): devices must add none.
+  const int threads_with_loop = CountThreads();
+  EXPECT_GE(threads_with_loop, threads_before + 1);
 
   const std::string dir = UniqueSocketPath("vfu-many");  // used as a prefix
   std::vector<std::unique_ptr<Idio16Device>> devices;
@@ -65,7 +69,7 @@ TEST(ManyDevicesTest, ThousandDevicesOnOneLoop) {
     }
   });
   // One loop thread serves them all.
-  EXPECT_EQ(CountThreads(), threads_before + 1);
+  EXPECT_EQ(CountThreads(), threads_with_loop);
 
   // 100 clients attached at once to devices spread over the range, each
   // writing its own outputs; then every one reads its own back.
@@ -83,7 +87,7 @@ TEST(ManyDevicesTest, ThousandDevicesOnOneLoop) {
     EXPECT_EQ((*r)[0], static_cast<uint8_t>(k * 10));
     EXPECT_EQ(devices[k * 10]->outputs() & 0xff, static_cast<uint16_t>(k * 10) & 0xff);
   }
-  EXPECT_EQ(CountThreads(), threads_before + 1);
+  EXPECT_EQ(CountThreads(), threads_with_loop);
   clients.clear();
   (*loop)->RunSync([&] { servers.clear(); });
   (*loop)->Stop();
