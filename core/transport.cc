@@ -300,7 +300,14 @@ absl::StatusOr<bool> Connection::ReceiveIntoImpl(
       if (!prepared.ok()) return prepared;  // not final: bytes are kept
     }
     uint64_t stream_offset = 0;
-    const absl::Span<uint8_t> window = NextReadWindow(&stream_offset);
+    absl::Span<uint8_t> window = NextReadWindow(&stream_offset);
+    if (placement != nullptr && !in_large_.has_value() && in_end_ == 0 &&
+        placement->into.size() >= kPlacementPeekBytes) {
+      // Nothing buffered: read the expected reply's head alone (see
+      // kPlacementPeekBytes).
+      window = window.first(
+          std::min(window.size(), kHeaderSize + placement->keep));
+    }
     const ssize_t n = ReceiveOnce(window, stream_offset, /*dont_wait=*/!wait);
     if (n > 0) {
       last_read_short_ = static_cast<size_t>(n) < window.size();

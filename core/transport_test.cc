@@ -888,6 +888,40 @@ TEST(TransportPlacementTest, LargeReplyIsReceivedStraightIntoTheBuffer) {
   }
 }
 
+// A placement of kPlacementPeekBytes or more reads the head of the next
+// message alone first: messages ahead of the expected reply (split by that
+// short read), the reply itself and what follows it all arrive intact.
+TEST(TransportPlacementTest, PeekingForALargeReplyKeepsTheStreamIntact) {
+  ConnectionPair pair = MakeConnectionPair();
+  const std::vector<uint8_t> head = Pattern(16, 11);
+  const std::vector<uint8_t> data = Pattern(Connection::kPlacementPeekBytes + 7, 12);
+  std::vector<uint8_t> stream =
+      ReplyBytes(30, Command::kRegionRead, {}, Pattern(4, 13));  // 20 bytes
+  const std::vector<uint8_t> ours = ReplyBytes(31, Command::kRegionRead, head, data);
+  const std::vector<uint8_t> after = ReplyBytes(32, Command::kRegionRead, head, Pattern(9, 14));
+  stream.insert(stream.end(), ours.begin(), ours.end());
+  stream.insert(stream.end(), after.begin(), after.end());
+  std::thread writer([&] { ASSERT_TRUE(pair.a->SendFramed(stream).ok()); });
+  std::vector<uint8_t> into(data.size(), 0);
+  const ReceivePlacement place = PlaceReply(31, Command::kRegionRead, 16, into);
+  Message msg;
+  ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+  EXPECT_EQ(msg.header.msg_id, 30);
+  EXPECT_EQ(msg.payload, Pattern(4, 13));
+  ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+  EXPECT_EQ(msg.header.msg_id, 31);
+  EXPECT_TRUE(msg.payload_placed);
+  EXPECT_EQ(msg.payload, head);
+  EXPECT_TRUE(into == data);
+  // The next one: a large placement again, for a reply that is not it.
+  ASSERT_TRUE(*pair.b->ReceiveInto(&msg, std::nullopt, &place));
+  writer.join();
+  EXPECT_EQ(msg.header.msg_id, 32);
+  EXPECT_FALSE(msg.payload_placed);
+  EXPECT_EQ(msg.payload.size(), 16u + 9u);
+  EXPECT_FALSE(pair.b->HasBufferedInput());
+}
+
 // A call that returns before the placed reply is complete (timeout, or
 // non-blocking with the socket empty) hands the placed bytes back: the
 // caller's buffer may go away, the message completes as an ordinary one.
