@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -29,10 +30,10 @@ constexpr char kDisconnectPayloadUrl[] = "vfio-user/client-disconnected";
 constexpr uint32_t kInitialRegionInfoArgsz = 256;
 // Retries of GET_REGION_INFO with a larger argsz before giving up.
 constexpr int kRegionInfoAttempts = 3;
-// Most requests CallManyOnLink has in flight at once: what they and their
-// replies take stays far below the socket buffers, so neither side can
-// block sending while the other is not reading.
-constexpr size_t kMaxWindow = 64;
+// Most requests an attach has in flight at once (CallManyOnLink): what they
+// and their replies take stays far below the socket buffers, so neither
+// side can block sending while the other is not reading.
+constexpr size_t kMaxAttachWindow = 64;
 // Fixed part of the largest message we receive, beyond its data.
 constexpr uint32_t kMessageOverhead = 64;
 // Protocol violations logged at warn level per link (then debug).
@@ -82,6 +83,28 @@ absl::Duration NextBackoff(const ReconnectPolicy& policy,
   return std::min(backoff * 2, std::max(policy.max_backoff,
                                         InitialBackoff(policy)));
 }
+
+// The wait before each connection attempt (Connect, Reconnect): the
+// policy's doubling backoff, except right after the server's socket was
+// (re)created, when attempts follow each other every kSocketEventBackoff.
+struct RetryPacing {
+  explicit RetryPacing(const ReconnectPolicy& policy)
+      : backoff(InitialBackoff(policy)) {}
+  // Sets `backoff` for the next wait, given how the last one ended.
+  void After(SocketWatch::Woken woken, const ReconnectPolicy& policy) {
+    if (woken == SocketWatch::Woken::kSocketEvent) {
+      quick_retries = kSocketEventRetries;
+    }
+    if (quick_retries > 0) {
+      --quick_retries;
+      backoff = kSocketEventBackoff;
+    } else {
+      backoff = NextBackoff(policy, backoff);
+    }
+  }
+  absl::Duration backoff;
+  int quick_retries = 0;  // left after a socket event
+};
 
 // "message (strerror)" for logs.
 std::string ErrorText(const absl::Status& status) {
@@ -430,8 +453,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   const ClientOptions& opts = client->options_;
 
   const absl::Time give_up = absl::Now() + opts.connect_timeout;
-  absl::Duration backoff = InitialBackoff(opts.reconnect);
-  int quick_retries = 0;  // left after a socket event
+  RetryPacing pacing(opts.reconnect);
   for (;;) {
     DeviceDescription description;
     std::vector<UniqueFd> region_fds;
@@ -456,16 +478,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
       client->watch_ = std::make_unique<SocketWatch>(
           opts.socket_path, client->manager_wake_.get());
     }
-    if (client->watch_->Wait(std::min(absl::Now() + backoff, give_up)) ==
-        SocketWatch::Woken::kSocketEvent) {
-      quick_retries = kSocketEventRetries;
-    }
-    if (quick_retries > 0) {
-      --quick_retries;
-      backoff = kSocketEventBackoff;
-    } else {
-      backoff = NextBackoff(opts.reconnect, backoff);
-    }
+    pacing.After(client->watch_->Wait(
+                     std::min(absl::Now() + pacing.backoff, give_up)),
+                 opts.reconnect);
   }
   Client* raw = client.get();
   client->manager_ = std::thread([raw] { raw->ManagerLoop(); });
@@ -745,11 +760,11 @@ struct Client::RequestWindow {
 
 std::vector<absl::StatusOr<Message>> Client::CallManyOnLink(
     Link& link, const std::deque<OutgoingRequest>& requests,
-    absl::Time deadline) {
+    absl::Time deadline, size_t max_window) {
   std::vector<absl::StatusOr<Message>> replies;
   replies.reserve(requests.size());
-  for (size_t first = 0; first < requests.size(); first += kMaxWindow) {
-    const size_t end = std::min(requests.size(), first + kMaxWindow);
+  for (size_t first = 0; first < requests.size(); first += max_window) {
+    const size_t end = std::min(requests.size(), first + max_window);
     // The waiters stay put (deque) while the tracker holds pointers to them.
     std::deque<ReplyWaiter> waiters;
     absl::Status failed;  // why requests [first + waiters.size(), end) were not sent
@@ -964,7 +979,8 @@ absl::Status Client::Describe(Link& link, absl::Time deadline, bool reconnect,
   }
   std::vector<absl::StatusOr<Message>> replies = CallManyOnLink(
       link, window.requests,
-      Earliest(deadline, absl::Now() + options_.request_timeout));
+      Earliest(deadline, absl::Now() + options_.request_timeout),
+      kMaxAttachWindow);
 
   // The reset and the replay: the first failure ends the attach.
   for (size_t i = 0; i < regions_at; ++i) {
@@ -1330,14 +1346,19 @@ std::vector<uint8_t>& ThreadSparePayload() {
   return spare;
 }
 
+// Keeps `payload`'s buffer as the thread's spare if it is small enough
+// (and larger than the spare it has); false for a buffer too large to keep.
+bool KeepAsThreadSpare(std::vector<uint8_t>& payload) {
+  if (payload.capacity() > kThreadSparePayloadMax) return false;
+  std::vector<uint8_t>& spare = ThreadSparePayload();
+  if (payload.capacity() > spare.capacity()) spare.swap(payload);
+  return true;
+}
+
 }  // namespace
 
 void Client::RecyclePayload(Link& link, std::vector<uint8_t> payload) {
-  if (payload.capacity() <= kThreadSparePayloadMax) {
-    std::vector<uint8_t>& spare = ThreadSparePayload();
-    if (payload.capacity() > spare.capacity()) spare.swap(payload);
-    return;
-  }
+  if (KeepAsThreadSpare(payload)) return;
   absl::MutexLock lock(&link.io_mu);
   if (payload.capacity() > link.spare_payload.capacity()) {
     link.spare_payload.swap(payload);
@@ -1456,14 +1477,8 @@ absl::StatusOr<Message> Client::AwaitReply(Link& link, ReplyWaiter& waiter,
         reading = true;
       } else if (waiter.done) {
         if (link.reader == &waiter) link.ReleaseReaderLocked();
-        if (message.payload.capacity() != 0) {
-          // Not handed out (others' replies only): keep the buffer.
-          std::vector<uint8_t>& spare = ThreadSparePayload();
-          if (message.payload.capacity() > spare.capacity() &&
-              message.payload.capacity() <= kThreadSparePayloadMax) {
-            spare.swap(message.payload);
-          }
-        }
+        // Not handed out (others' replies only): keep the buffer.
+        KeepAsThreadSpare(message.payload);
         return *std::move(waiter.result);
       } else {
         reading = link.reader == &waiter;
@@ -1762,76 +1777,32 @@ absl::Status Client::ReadMany(absl::Span<const ReadRequest> reads) {
     link = *std::move(awaited);
   }
 
-  // Every request goes out before the first reply is awaited. The waiters
-  // stay put (deque) while the tracker holds pointers to them.
-  struct InFlight {
-    explicit InFlight(Link* link) : waiter(link) {}
-    ReplyWaiter waiter;
-    uint8_t request[16];
-    bool started = false;
-  };
-  std::deque<InFlight> flights;
-  absl::Status first_error;
-  // All requests leave in one sendmsg(): the server finds them together and
-  // answers them together (server/session.cc coalesces the replies).
-  std::vector<uint8_t> wire;
-  wire.reserve(reads.size() * (kHeaderSize + 16));
+  // Every request goes out before the first reply is awaited, all in one
+  // sendmsg(): the server finds them together and answers them together
+  // (server/session.cc coalesces the replies).
+  std::deque<std::array<uint8_t, kRegionAccessHeaderBytes>> headers;
+  std::deque<OutgoingRequest> requests;
   for (const ReadRequest& read : reads) {
-    InFlight& flight = flights.emplace_back(link.get());
+    auto& header = headers.emplace_back();
     EncodeRegionAccessHeaderTo(read.offset, read.region,
                                static_cast<uint32_t>(read.out.size()),
-                               flight.request);
-    ReplyWaiter* waiter = &flight.waiter;
-    absl::StatusOr<uint16_t> msg_id = link->tracker.StartAsync(
-        Command::kRegionRead, deadline,
-        [waiter](absl::StatusOr<Message> outcome) {
-          waiter->Deliver(std::move(outcome));
-        });
-    if (!msg_id.ok()) {
-      first_error = msg_id.status();
-      break;
-    }
-    flight.started = true;
-    Header header;
-    header.msg_id = *msg_id;
-    header.cmd = static_cast<uint16_t>(Command::kRegionRead);
-    header.flags = kFlagsTypeCommand;
-    header.msg_size = static_cast<uint32_t>(kHeaderSize + sizeof(flight.request));
-    const size_t at = wire.size();
-    wire.resize(at + header.msg_size);
-    EncodeHeader(header, wire.data() + at);
-    std::memcpy(wire.data() + at + kHeaderSize, flight.request,
-                sizeof(flight.request));
+                               header.data());
+    requests.emplace_back(Command::kRegionRead, header);
   }
-  // As in StartOnLink: a link lost meanwhile fails what was registered.
-  if (link->lost.load()) {
-    link->tracker.FailAll(
-        DisconnectError(ErrnoError(ENOTCONN, "connection already lost")));
-  } else if (!wire.empty()) {
-    counters_->requests.fetch_add(flights.size() - (first_error.ok() ? 0 : 1));
-    absl::Status sent;
-    {
-      absl::MutexLock lock(&link->main_send_mu);
-      sent = link->main->SendFramed(wire);
-    }
-    if (!sent.ok()) FailLink(link.get(), sent);
-  }
-  // Every started request is awaited (its waiter must outlive the tracker's
-  // callback), whatever happened to the others.
+  std::vector<absl::StatusOr<Message>> replies =
+      CallManyOnLink(*link, requests, deadline, kMaxReadManyBatch);
+  absl::Status first_error;
   std::vector<size_t> interrupted;  // by a disconnect: retried below
   absl::Status disconnect;
-  for (size_t i = 0; i < flights.size() && flights[i].started; ++i) {
+  for (size_t i = 0; i < reads.size(); ++i) {
     const ReadRequest& read = reads[i];
-    OutgoingRequest request{Command::kRegionRead, flights[i].request};
-    absl::StatusOr<Message> reply =
-        FinishOnLink(*link, request, deadline, flights[i].waiter);
-    if (!reply.ok() && IsDisconnectError(reply.status())) {
+    if (!replies[i].ok() && IsDisconnectError(replies[i].status())) {
       interrupted.push_back(i);
-      if (disconnect.ok()) disconnect = reply.status();
+      if (disconnect.ok()) disconnect = replies[i].status();
       continue;
     }
-    absl::Status taken = TakeReadReply(std::move(reply), *link, read.region,
-                                       read.offset, read.out);
+    absl::Status taken = TakeReadReply(std::move(replies[i]), *link,
+                                       read.region, read.offset, read.out);
     if (taken.ok()) {
       counters_->region_bytes_read.fetch_add(read.out.size());
     } else if (first_error.ok()) {
@@ -2251,7 +2222,7 @@ void Client::ManagerLoop() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 
 void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   const ReconnectPolicy& policy = options_.reconnect;
-  absl::Duration backoff = InitialBackoff(policy);
+  RetryPacing pacing(policy);
   // Watched from the first attempt on: a server that comes back while an
   // attempt fails is seen at the wait that follows. What queued while we
   // were connected is older than the first attempt, which looks anyway.
@@ -2261,7 +2232,6 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   } else {
     watch_->DiscardEvents();
   }
-  int quick_retries = 0;  // left after a socket event
   for (;;) {
     if (closing_) return;
     if (absl::Now() >= state_.reconnect_deadline) {
@@ -2314,19 +2284,11 @@ void Client::Reconnect() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     PublishLocked();
     // Until the backoff is over, or the server creates its socket again,
     // or Close() (it writes manager_wake_ after setting closing_).
-    const absl::Time wake = std::min(absl::Now() + backoff, deadline);
+    const absl::Time wake = std::min(absl::Now() + pacing.backoff, deadline);
     mu_.Unlock();
     const SocketWatch::Woken woken = watch_->Wait(wake);
     mu_.Lock();
-    if (woken == SocketWatch::Woken::kSocketEvent) {
-      quick_retries = kSocketEventRetries;
-    }
-    if (quick_retries > 0) {
-      --quick_retries;
-      backoff = kSocketEventBackoff;
-    } else {
-      backoff = NextBackoff(policy, backoff);
-    }
+    pacing.After(woken, policy);
   }
 }
 

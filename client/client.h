@@ -406,15 +406,15 @@ class Client {
   // in flight (ReadMany): StartOnLink registers `waiter` (which must stay
   // put until FinishOnLink returns) and sends; an error means nothing was
   // registered. FinishOnLink waits for the reply, as CallOnLink.
-  // Several requests in flight at once (in windows of at most kMaxWindow):
-  // every request of a window is sent before its first reply is awaited,
-  // consecutive requests without fds in one sendmsg(). The server handles
-  // them in order. One reply (or failure) per request, in order; all share
-  // `deadline`. A request that could not be sent fails, and so does every
-  // later one.
+  // Several requests in flight at once (in windows of at most
+  // `max_window`): every request of a window is sent before its first reply
+  // is awaited, consecutive requests without fds in one sendmsg(). The
+  // server handles them in order. One reply (or failure) per request, in
+  // order; all share `deadline`. A request that could not be sent fails,
+  // and so does every later one.
   std::vector<absl::StatusOr<Message>> CallManyOnLink(
       Link& link, const std::deque<OutgoingRequest>& requests,
-      absl::Time deadline);
+      absl::Time deadline, size_t max_window);
   absl::Status StartOnLink(Link& link, const OutgoingRequest& req,
                            absl::Time deadline, ReplyWaiter& waiter);
   absl::StatusOr<Message> FinishOnLink(Link& link, const OutgoingRequest& req,

@@ -37,18 +37,22 @@ TEST(DmaSpaceTest, ValidatesRegions) {
   EXPECT_ERRNO(DmaSpace::Validate(r), EINVAL);  // neither fd nor host
 }
 
+// A range of `bytes` at `iova`, served from the host pointer (no fd).
+DmaRegion HostRange(uint64_t iova, std::vector<uint8_t>& bytes,
+                    uint32_t prot = kDmaMapFlagRead | kDmaMapFlagWrite) {
+  DmaRegion r;
+  r.iova = iova;
+  r.size = bytes.size();
+  r.host = bytes.data();
+  r.prot = prot;
+  return r;
+}
+
 TEST(DmaSpaceTest, ServesWithinRangesOnly) {
   std::vector<uint8_t> a(100, 0xaa), b(50, 0xbb);
   DmaSpace space;
-  DmaRegion ra;
-  ra.iova = 1000;
-  ra.size = a.size();
-  ra.host = a.data();
-  DmaRegion rb = ra;
-  rb.iova = 1100;  // contiguous with `ra`
-  rb.size = b.size();
-  rb.host = b.data();
-  rb.prot = kDmaMapFlagRead;
+  const DmaRegion ra = HostRange(1000, a);
+  const DmaRegion rb = HostRange(1100, b, kDmaMapFlagRead);  // contiguous
   ASSERT_OK(space.Add(ra, UniqueFd()));
   ASSERT_OK(space.Add(rb, UniqueFd()));
   EXPECT_ERRNO(space.Add(ra, UniqueFd()), EEXIST);
@@ -107,17 +111,9 @@ TEST(DmaSpaceTest, FdBackedRangesUseFileIo) {
 TEST(DmaSpaceTest, ReadInPlaceOnlyWithinOneReadableHostRange) {
   std::vector<uint8_t> a(100, 0xaa), b(50, 0xbb);
   DmaSpace space;
-  DmaRegion ra;
-  ra.iova = 1000;
-  ra.size = a.size();
-  ra.host = a.data();
-  DmaRegion rb = ra;
-  rb.iova = 1100;
-  rb.size = b.size();
-  rb.host = b.data();
-  rb.prot = kDmaMapFlagWrite;  // the device may not read it
-  ASSERT_OK(space.Add(ra, UniqueFd()));
-  ASSERT_OK(space.Add(rb, UniqueFd()));
+  ASSERT_OK(space.Add(HostRange(1000, a), UniqueFd()));
+  // The device may not read this one.
+  ASSERT_OK(space.Add(HostRange(1100, b, kDmaMapFlagWrite), UniqueFd()));
   absl::StatusOr<std::unique_ptr<GuestMemory>> mem = GuestMemory::Create(4096);
   ASSERT_TRUE(mem.ok()) << mem.status();
   DmaRegion rf = (*mem)->Region(0x4000);

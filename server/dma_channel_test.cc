@@ -263,6 +263,29 @@ class DmaChannelTest : public ::testing::TestWithParam<bool> {
     if (client_) client_->Join();
   }
 
+  // Starts the channel with a client that holds its answer to the first
+  // request until `answer` is notified, and a thread that reads 16 bytes at
+  // kGuestBase into *result; returns that thread once its request reached
+  // the client (the access is then waiting for its reply).
+  std::thread StartHeldRead(absl::Notification* answer,
+                            std::optional<absl::Status>* result) {
+    auto request_seen = std::make_shared<absl::Notification>();
+    StartChannel({}, [this, answer, request_seen](size_t index,
+                                                   const ClientRequest& req) {
+      if (index == 0) {
+        request_seen->Notify();
+        EXPECT_TRUE(answer->WaitForNotificationWithTimeout(kDeadline));
+      }
+      client_->AnswerFromMemory(req);
+    });
+    std::thread reader([this, result] {
+      std::vector<uint8_t> buf(16);
+      *result = Read(kGuestBase, &buf);
+    });
+    EXPECT_TRUE(request_seen->WaitForNotificationWithTimeout(kDeadline));
+    return reader;
+  }
+
   std::optional<absl::Status> Read(uint64_t iova, std::vector<uint8_t>* out) {
     return channel_->Access(iova, out->data(), out->size(), /*write=*/false);
   }
@@ -587,21 +610,9 @@ TEST_P(DmaChannelTest, ClientHangingUpBeforeReplyBreaksChannel) {
 }
 
 TEST_P(DmaChannelTest, LoopIsDeferredWhileAccessRunsAndResumedAfter) {
-  absl::Notification request_seen;
   absl::Notification answer;
-  StartChannel({}, [&](size_t index, const ClientRequest& req) {
-    if (index == 0) {
-      request_seen.Notify();
-      EXPECT_TRUE(answer.WaitForNotificationWithTimeout(kDeadline));
-    }
-    client_->AnswerFromMemory(req);
-  });
   std::optional<absl::Status> result;
-  std::thread access([&] {
-    std::vector<uint8_t> buf(16);
-    result = Read(kGuestBase, &buf);
-  });
-  ASSERT_TRUE(request_seen.WaitForNotificationWithTimeout(kDeadline));
+  std::thread access = StartHeldRead(&answer, &result);
   // The access is waiting for its reply: the loop must defer.
   EXPECT_FALSE(channel_->TryAcquireForLoop());
   EXPECT_FALSE(channel_->TryAcquireForLoop());
@@ -656,21 +667,9 @@ TEST_P(DmaChannelTest, CloseMakesAccessDeclineWithoutSending) {
 }
 
 TEST_P(DmaChannelTest, CloseWakesAccessWaitingForItsTurn) {
-  absl::Notification request_seen;
   absl::Notification answer;
-  StartChannel({}, [&](size_t index, const ClientRequest& req) {
-    if (index == 0) {
-      request_seen.Notify();
-      EXPECT_TRUE(answer.WaitForNotificationWithTimeout(kDeadline));
-    }
-    client_->AnswerFromMemory(req);
-  });
   std::optional<absl::Status> first;
-  std::thread running([&] {
-    std::vector<uint8_t> buf(16);
-    first = Read(kGuestBase, &buf);
-  });
-  ASSERT_TRUE(request_seen.WaitForNotificationWithTimeout(kDeadline));
+  std::thread running = StartHeldRead(&answer, &first);
   // `first` holds the socket until the client answers, so this one waits
   // for its turn (or, if it starts late, finds the channel closed).
   std::optional<absl::Status> second = absl::OkStatus();
